@@ -1,0 +1,393 @@
+"""Loading YAML into a concrete :class:`Config` or a search :class:`Space`, with errors
+located by YAML path and line, allowed values and "did you mean" hints."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path as FsPath
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from .config import Config
+from .distributions import DIST_KEYS, Fixed, FloatRange, IntRange, dist_class, looks_like_dist
+from .errors import Issue, Path, SpecError, allowed_hint, did_you_mean, dotted
+from .introspect import (
+    adapter,
+    list_item_model,
+    literal_values,
+    pick_member,
+    tag_of,
+    union_members,
+)
+from .presets import deep_merge, preset_model, preset_names
+from .space import Dimension, Space, resolve_when
+from .study import StudySpec
+from .yamlio import Document, parse_text, read_document
+
+TOP_KEYS = ("name", "model", "task", "train", "study")
+
+
+def load(path: str | FsPath) -> Config | Space:
+    """Read a concrete config or a search space from a YAML file (raises SpecError)."""
+    return load_document(read_document(path), default_name=FsPath(path).stem)
+
+
+def loads(text: str, source: str = "<input>", default_name: str | None = None) -> Config | Space:
+    """Like :func:`load`, from a string."""
+    return load_document(parse_text(text, source), default_name=default_name)
+
+
+def load_config(path: str | FsPath) -> Config:
+    """Load a file that must be a concrete config (no distributions, no study)."""
+    spec = load(path)
+    if isinstance(spec, Space):
+        raise SpecError(
+            [
+                Issue(
+                    ("study",),
+                    "this is a search space; a concrete config is expected here "
+                    "(export a trial with `atlas-search export`, or remove study: and the "
+                    "distributions)",
+                )
+            ],
+            str(path),
+        )
+    return spec
+
+
+def load_document(doc: Document, default_name: str | None = None) -> Config | Space:
+    issues: list[Issue] = []
+    data = doc.data
+    if not isinstance(data, dict):
+        raise SpecError(
+            [
+                doc.issue(
+                    (),
+                    f"expected a mapping with keys {', '.join(TOP_KEYS)}; got "
+                    f"{type(data).__name__}",
+                )
+            ],
+            doc.source,
+        )
+    for key in data:
+        if key not in TOP_KEYS:
+            issues.append(
+                doc.issue(
+                    (key,), "unknown top-level key", key=True, hint=allowed_hint(key, TOP_KEYS)
+                )
+            )
+    raw = {k: copy.deepcopy(v) for k, v in data.items() if k in TOP_KEYS and k != "study"}
+
+    preset_raw: dict[str, Any] = {}
+    model = raw.get("model")
+    if isinstance(model, dict) and model.get("preset") is not None:
+        name = model["preset"]
+        names = preset_names()
+        if not isinstance(name, str) or name not in names:
+            issues.append(
+                doc.issue(
+                    ("model", "preset"),
+                    f"unknown preset {name!r}",
+                    hint=allowed_hint(name, names, "presets"),
+                )
+            )
+        else:
+            try:
+                preset_raw = preset_model(name)
+            except (SpecError, ValueError) as exc:
+                issues.append(doc.issue(("model", "preset"), f"preset {name!r} is broken: {exc}"))
+            raw["model"] = deep_merge(preset_raw, model)
+
+    dims: list[Dimension] = []
+    _walk(Config, raw, (), doc, dims, issues)
+
+    study: StudySpec | None = None
+    if "study" in data:
+        try:
+            study = StudySpec.model_validate(data["study"] if data["study"] is not None else {})
+        except ValidationError as exc:
+            issues += _map_errors(exc, ("study",), StudySpec, data["study"], doc)
+    if issues:
+        raise SpecError(issues, doc.source)
+
+    if study is None and dims:
+        names = ", ".join(d.name for d in dims[:4])
+        raise SpecError(
+            [
+                doc.issue(
+                    (),
+                    f"this file has search dimensions ({names}) but no study: "
+                    "section; add one (name, objectives, n_trials, ...)",
+                )
+            ],
+            doc.source,
+        )
+    if study is None:
+        if default_name is not None and raw.get("name") is None:
+            raw["name"] = default_name
+        try:
+            return Config.model_validate(raw)
+        except ValidationError as exc:
+            raise SpecError(_map_errors(exc, (), Config, raw, doc), doc.source) from None
+
+    if study.name is None:
+        study = study.model_copy(update={"name": raw.get("name") or default_name or "study"})
+    space = Space(study=study, base=raw, dims=dims, preset_raw=preset_raw, source=doc.source)
+    issues += resolve_when(space, doc)
+    if issues:
+        raise SpecError(issues, doc.source)
+    space.order_dims()
+    issues += space.check(doc)
+    if issues:
+        raise SpecError(issues, doc.source)
+    return space
+
+
+def _walk(
+    cls: type[BaseModel],
+    raw: Any,
+    path: Path,
+    doc: Document,
+    dims: list[Dimension],
+    issues: list[Issue],
+) -> None:
+    """Check keys and scalar values against ``cls``; pull distributions out into ``dims``."""
+    if not isinstance(raw, dict):
+        issues.append(
+            doc.issue(
+                path,
+                f"expected a mapping of {cls.__name__} fields, got {_kind(raw)}",
+                hint="fields: " + ", ".join(cls.model_fields),
+            )
+        )
+        return
+    fields = cls.model_fields
+    for key in list(raw):
+        value = raw[key]
+        here = path + (key,)
+        if key not in fields:
+            issues.append(
+                doc.issue(here, "unknown field", key=True, hint=allowed_hint(key, list(fields)))
+            )
+            continue
+        members = union_members(fields[key].annotation)
+        if looks_like_dist(value):
+            if members:
+                issues.append(
+                    doc.issue(
+                        here,
+                        "a whole block cannot be a distribution; put distributions on its fields",
+                    )
+                )
+                continue
+            dim = _parse_dim(cls, key, value, here, doc, issues)
+            if dim is not None:
+                dims.append(dim)
+                del raw[key]
+            continue
+        if members:
+            if len(members) > 1 and isinstance(value, dict):
+                tag = value.get("name")
+                tags = [tag_of(m) for m in members]
+                if tag is not None and tag not in tags:
+                    issues.append(
+                        doc.issue(
+                            here + ("name",), f"unknown {key} {tag!r}", hint=allowed_hint(tag, tags)
+                        )
+                    )
+                    continue
+            _walk(pick_member(members, value), value, here, doc, dims, issues)
+            continue
+        try:
+            raw[key] = adapter(cls, key).validate_python(value)
+        except ValidationError as exc:
+            for err in exc.errors():
+                issues.append(_scalar_issue(cls, key, value, err, here, doc))
+
+
+def _parse_dim(
+    cls: type[BaseModel],
+    key: str,
+    value: dict[str, Any],
+    path: Path,
+    doc: Document,
+    issues: list[Issue],
+) -> Dimension | None:
+    dcls = dist_class(value)
+    if dcls is None:
+        present = [k for k in DIST_KEYS if k in value]
+        issues.append(
+            doc.issue(
+                path,
+                f"a distribution has exactly one of {', '.join(DIST_KEYS)};"
+                f" found {', '.join(present)}",
+            )
+        )
+        return None
+    try:
+        dist = dcls.model_validate(value)
+    except ValidationError as exc:
+        for err in exc.errors():
+            loc = tuple(str(p) for p in err["loc"] if p not in ("int_", "float_"))
+            msg = err["msg"].removeprefix("Value error, ")
+            hint = None
+            if err["type"] == "extra_forbidden":
+                allowed = [f.alias or n for n, f in dcls.model_fields.items()]
+                msg, hint = "unknown field", allowed_hint(loc[-1], allowed)
+            issues.append(
+                doc.issue(path + loc, msg, key=err["type"] == "extra_forbidden", hint=hint)
+            )
+        return None
+    ok = True
+    for i, v in enumerate(_probe_values(dist)):
+        try:
+            adapter(cls, key).validate_python(v)
+        except ValidationError as exc:
+            ok = False
+            where = path + (_dist_key(dcls), i) if dcls is not Fixed else path + ("value",)
+            for err in exc.errors():
+                iss = _scalar_issue(cls, key, v, err, path, doc)
+                label = "bound" if dcls in (IntRange, FloatRange) else "value"
+                iss.message = f"{label} {i + 1} ({v!r}): {iss.message}"
+                iss.line, iss.column = doc.locate(where)
+                issues.append(iss)
+    return Dimension(path=path, dist=dist) if ok else None
+
+
+def _dist_key(dcls: type) -> str:
+    return {"Choice": "choice", "IntRange": "int", "FloatRange": "float", "Fixed": "value"}[
+        dcls.__name__
+    ]
+
+
+def _probe_values(dist: Any) -> list[Any]:
+    if hasattr(dist, "choice"):
+        return list(dist.choice)
+    if hasattr(dist, "int_"):
+        return list(dist.int_)
+    if hasattr(dist, "float_"):
+        return list(dist.float_)
+    return [dist.value]
+
+
+def _kind(v: Any) -> str:
+    return {
+        dict: "a mapping",
+        list: "a list",
+        str: "text",
+        bool: "a boolean",
+        int: "an integer",
+        float: "a number",
+        type(None): "nothing (null)",
+    }.get(type(v), type(v).__name__)
+
+
+def _scalar_issue(
+    cls: type[BaseModel], key: str, value: Any, err: dict, path: Path, doc: Document
+) -> Issue:
+    lits = literal_values(cls.model_fields[key].annotation)
+    if lits is not None and err["type"] in ("literal_error", "union_tag_invalid"):
+        return doc.issue(path, f"{value!r} is not allowed", hint=allowed_hint(value, lits))
+    msg = err["msg"]
+    return doc.issue(
+        path,
+        f"{msg} (got {value!r})"
+        if not isinstance(value, dict | list)
+        else f"{msg} (got {_kind(value)})",
+    )
+
+
+def _clean_loc(loc: tuple, root: type[BaseModel], raw: Any) -> tuple[Path, type[BaseModel] | None]:
+    """Drop tagged-union member names pydantic inserts into error locations."""
+    out: list[Any] = []
+    cls: type[BaseModel] | None = root
+    node = raw
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        out.append(part)
+        if cls is not None and isinstance(part, str) and part in cls.model_fields:
+            ann = cls.model_fields[part].annotation
+            members = union_members(ann)
+            node = node.get(part) if isinstance(node, dict) else None
+            item = list_item_model(ann)
+            if item is not None and i + 1 < len(loc) and isinstance(loc[i + 1], int):
+                out.append(loc[i + 1])
+                node = (
+                    node[loc[i + 1]] if isinstance(node, list) and loc[i + 1] < len(node) else None
+                )
+                cls = item
+                i += 2
+                continue
+            if members:
+                tags = [tag_of(m) for m in members]
+                if len(members) > 1 and i + 1 < len(loc) and loc[i + 1] in tags:
+                    cls = members[tags.index(loc[i + 1])]
+                    i += 1
+                else:
+                    cls = pick_member(members, node)
+            else:
+                cls = None
+        elif isinstance(part, int) and isinstance(node, list) and part < len(node):
+            node = node[part]
+        else:
+            cls = None
+        i += 1
+    return tuple(out), cls
+
+
+def _map_errors(
+    exc: ValidationError, prefix: Path, root: type[BaseModel], raw: Any, doc: Document
+) -> list[Issue]:
+    issues = []
+    for err in exc.errors():
+        loc, _ = _clean_loc(tuple(err["loc"]), root, raw)
+        parent_loc, parent_cls = _clean_loc(tuple(err["loc"])[:-1], root, raw)
+        path = prefix + loc
+        etype = err["type"]
+        if etype == "cross_field":
+            ctx = err.get("ctx", {})
+            issues.append(doc.issue(path + (ctx.get("field", ""),), ctx.get("message", err["msg"])))
+        elif etype == "extra_forbidden":
+            opts = list(parent_cls.model_fields) if parent_cls else []
+            issues.append(
+                doc.issue(
+                    path,
+                    "unknown field",
+                    key=True,
+                    hint=allowed_hint(loc[-1], opts) if opts else None,
+                )
+            )
+        elif etype in ("literal_error", "union_tag_invalid"):
+            value = err.get("input")
+            if etype == "union_tag_invalid":
+                opts = [t.strip(" '") for t in err["ctx"]["expected_tags"].split(",")]
+                issues.append(
+                    doc.issue(
+                        path + ("name",),
+                        f"unknown name {err['ctx']['tag']!r}",
+                        hint=allowed_hint(err["ctx"]["tag"], opts),
+                    )
+                )
+                continue
+            lits = None
+            if parent_cls is not None and loc and loc[-1] in parent_cls.model_fields:
+                lits = literal_values(parent_cls.model_fields[loc[-1]].annotation)
+            issues.append(
+                doc.issue(
+                    path,
+                    f"{value!r} is not allowed",
+                    hint=allowed_hint(value, lits) if lits else err["msg"],
+                )
+            )
+        elif etype == "missing":
+            issues.append(doc.issue(path, "required field is missing"))
+        else:
+            value = err.get("input")
+            shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""
+            issues.append(doc.issue(path, err["msg"].removeprefix("Value error, ") + shown))
+    return issues
+
+
+__all__ = ["load", "loads", "load_config", "load_document", "did_you_mean", "dotted"]

@@ -1,0 +1,408 @@
+"""The search-space layer: dimensions with ``when:`` conditions, sampling with an Optuna
+trial into a concrete :class:`Config`, baselines to enqueue, and static checks."""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .config import Config
+from .distributions import Choice, Distribution, FloatRange, IntRange
+from .errors import Issue, Path, dotted
+from .introspect import adapter, default_of, field_at, union_members
+from .presets import SIZE_FIELDS, deep_merge, preset_model, preset_names
+from .study import StudySpec
+
+N_PROBES = 64
+"""Random points drawn by :meth:`Space.check` to find always-invalid combinations."""
+
+
+@dataclass
+class Dimension:
+    """One searched field: its path in the config, distribution and resolved conditions."""
+
+    path: Path
+    dist: Distribution
+    conditions: list[tuple[Path, list[Any]]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        """The Optuna parameter name: the dotted path (``model.memory.kind``)."""
+        return dotted(self.path)
+
+    @property
+    def is_param(self) -> bool:
+        """Whether the sampler chooses it (``value:`` dimensions are fixed)."""
+        return not hasattr(self.dist, "value")
+
+
+def _get(data: Any, path: Path) -> tuple[bool, Any]:
+    node = data
+    for part in path:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    return True, node
+
+
+def _set(data: dict, path: Path, value: Any) -> None:
+    node = data
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+
+
+@dataclass
+class Space:
+    """A validated search space. ``base`` is the raw config with dimensions taken out."""
+
+    study: StudySpec
+    base: dict[str, Any]
+    dims: list[Dimension]
+    preset_raw: dict[str, Any]
+    source: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    # ---------------------------------------------------------------- conditions
+    def dim(self, path: Path) -> Dimension | None:
+        return next((d for d in self.dims if d.path == tuple(path)), None)
+
+    def order_dims(self) -> None:
+        """Topological order: a dimension comes after those its ``when:`` reads."""
+        done: list[Dimension] = []
+        pending = list(self.dims)
+        while pending:
+            ready = [
+                d
+                for d in pending
+                if all(self.dim(p) is None or self.dim(p) in done for p, _ in d.conditions)
+            ]
+            if not ready:
+                raise RuntimeError("cycle")  # resolve_when rejects cycles first
+            for d in ready:
+                done.append(d)
+                pending.remove(d)
+        self.dims = done
+
+    def fallback(self, path: Path) -> Any:
+        """Value of a field that is not sampled: fixed in the file, else preset, else default."""
+        found, v = _get(self.base, path)
+        if found:
+            return v
+        found, v = _get({"model": self.preset_raw}, path)
+        if found:
+            return v
+        owner = field_at(Config, path, self.base)
+        if owner is None:
+            return None
+        cls, name = owner
+        return default_of(cls, name)
+
+    def active(self, d: Dimension, values: dict[Path, Any]) -> bool:
+        for p, allowed in d.conditions:
+            v = values[p] if p in values else self.fallback(p)
+            if not any(v == a for a in allowed):
+                return False
+        return True
+
+    # ---------------------------------------------------------------- sampling
+    def sample(self, trial: Any) -> Config:
+        """Suggest every active dimension on an Optuna trial; return the concrete config.
+
+        A trial enqueued from a preset (user attr ``preset``) starts from that preset's
+        model block, keeping this space's sizes (:data:`SIZE_FIELDS`)."""
+        values: dict[Path, Any] = {}
+        for d in self.dims:
+            if not self.active(d, values):
+                continue
+            values[d.path] = _suggest(trial, d)
+        preset = getattr(trial, "user_attrs", {}).get("preset")
+        return self.concretize(values, preset=preset)
+
+    def concretize(self, values: dict[Path, Any], preset: str | None = None) -> Config:
+        """The concrete config for given dimension values (raises ValidationError)."""
+        raw = copy.deepcopy(self.base)
+        if preset is not None:
+            block = {k: v for k, v in preset_model(preset).items() if k not in SIZE_FIELDS}
+            block["preset"] = preset
+            raw["model"] = deep_merge(raw.get("model", {}), block)
+        for d in self.dims:
+            if d.path in values:
+                continue
+            found, v = _get({"model": self.preset_raw}, d.path)
+            if found and preset is None:
+                _set(raw, d.path, v)
+        for path, v in values.items():
+            _set(raw, path, v)
+        return Config.model_validate(raw)
+
+    def random_values(self, rng: random.Random) -> dict[Path, Any]:
+        values: dict[Path, Any] = {}
+        for d in self.dims:
+            if self.active(d, values):
+                values[d.path] = _draw(d.dist, rng)
+        return values
+
+    # ---------------------------------------------------------------- baselines
+    def enqueue_points(self) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+        """``(params, user_attrs)`` for each ``study.enqueue`` entry, for
+        ``study.enqueue_trial``. Raises ValueError on a point outside the space."""
+        out = []
+        for entry in self.study.enqueue:
+            preset = entry if isinstance(entry, str) else entry.get("preset")
+            given = (
+                {} if isinstance(entry, str) else {k: v for k, v in entry.items() if k != "preset"}
+            )
+            values: dict[Path, Any] = {}
+            preset_full = None
+            if preset is not None:
+                preset_full = Config.model_validate(
+                    {
+                        **copy.deepcopy(self.base),
+                        "model": deep_merge(
+                            {
+                                k: v
+                                for k, v in self.base.get("model", {}).items()
+                                if k in SIZE_FIELDS
+                            },
+                            preset_model(preset),
+                        ),
+                    }
+                ).model_dump()
+            by_name = {d.name: d for d in self.dims}
+            for name in given:
+                if name not in by_name:
+                    raise ValueError(f"{name!r} is not a dimension of this space")
+            for d in self.dims:
+                if not self.active(d, values):
+                    continue
+                if d.name in given:
+                    v = given[d.name]
+                elif (
+                    preset_full is not None
+                    and d.path[0] == "model"
+                    and d.path[1] not in SIZE_FIELDS
+                ):
+                    _, v = _get(preset_full, d.path)
+                else:
+                    continue
+                if d.is_param and not d.dist.contains(v):
+                    who = f"preset {preset!r}" if d.name not in given else "the point"
+                    raise ValueError(
+                        f"{who} sets {d.name} = {v!r}, outside this space's {_describe(d.dist)}"
+                    )
+                values[d.path] = v
+            params = {dotted(p): v for p, v in values.items() if self.dim(p).is_param}
+            attrs = {"preset": preset} if preset else {}
+            attrs["enqueued"] = preset or "point"
+            out.append((params, attrs))
+        return out
+
+    # ---------------------------------------------------------------- checks
+    def check(self, doc: Any) -> list[Issue]:
+        """Static checks: samplers that need discrete spaces, enqueue entries, and random
+        probes for combinations that are always invalid (warnings when only some are)."""
+        issues: list[Issue] = []
+        if self.study.sampler.name in ("grid", "brute_force"):
+            for d in self.dims:
+                if isinstance(d.dist, FloatRange) and d.dist.step is None:
+                    issues.append(
+                        doc.issue(
+                            d.path,
+                            f"sampler {self.study.sampler.name!r} needs a "
+                            "discrete space: give this float range a step",
+                        )
+                    )
+        names = preset_names()
+        for i, entry in enumerate(self.study.enqueue):
+            preset = entry if isinstance(entry, str) else entry.get("preset")
+            if preset is not None and preset not in names:
+                from .errors import allowed_hint
+
+                issues.append(
+                    doc.issue(
+                        ("study", "enqueue", i),
+                        f"unknown preset {preset!r}",
+                        hint=allowed_hint(preset, names, "presets"),
+                    )
+                )
+        if not issues:
+            try:
+                for params, attrs in self.enqueue_points():
+                    values = {tuple(k.split(".")): v for k, v in params.items()}
+                    self.concretize(values, preset=attrs.get("preset"))
+            except ValueError as exc:
+                msg = (
+                    str(exc).splitlines()[0]
+                    if not isinstance(exc, ValidationError)
+                    else _first_error(exc)
+                )
+                issues.append(doc.issue(("study", "enqueue"), msg))
+        if issues:
+            return issues
+        rng = random.Random(0)
+        bad: dict[str, int] = {}
+        n_bad = 0
+        for _ in range(N_PROBES):
+            try:
+                self.concretize(self.random_values(rng))
+            except ValidationError as exc:
+                n_bad += 1
+                reason = _first_error(exc)
+                bad[reason] = bad.get(reason, 0) + 1
+        if n_bad == N_PROBES:
+            reason = max(bad, key=bad.get)
+            issues.append(doc.issue((), f"no point of this space is a valid config: {reason}"))
+        elif n_bad:
+            reason = max(bad, key=bad.get)
+            self.warnings.append(
+                f"{n_bad} of {N_PROBES} random points are invalid configs and will be rejected "
+                f"as infeasible trials (most often: {reason})"
+            )
+        return issues
+
+    # ---------------------------------------------------------------- summaries
+    def grid(self) -> dict[str, list[Any]]:
+        """All discrete values per parameter (for Optuna's GridSampler)."""
+        return {d.name: d.dist.values() for d in self.dims if d.is_param}
+
+    def size(self) -> float:
+        """Number of distinct points, counting conditional dimensions as always active
+        (an upper bound); infinite when a continuous dimension exists."""
+        return math.prod(d.dist.size() for d in self.dims if d.is_param)
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    loc = [str(p) for p in err["loc"] if p not in ("mqar",)]
+    if err["type"] == "cross_field":
+        loc.append(err["ctx"]["field"])
+        return f"{'.'.join(loc)}: {err['ctx']['message']}"
+    return f"{'.'.join(loc)}: {err['msg']}"
+
+
+def _describe(dist: Distribution) -> str:
+    if isinstance(dist, Choice):
+        return f"choice {dist.choice}"
+    if isinstance(dist, IntRange):
+        return f"int range {list(dist.int_)} step {dist.step}"
+    if isinstance(dist, FloatRange):
+        return f"float range {list(dist.float_)}"
+    return f"value {dist.value!r}"
+
+
+def _suggest(trial: Any, d: Dimension) -> Any:
+    dist = d.dist
+    if isinstance(dist, Choice):
+        return trial.suggest_categorical(d.name, dist.choice)
+    if isinstance(dist, IntRange):
+        lo, hi = dist.int_
+        return trial.suggest_int(d.name, lo, hi, step=dist.step, log=dist.log)
+    if isinstance(dist, FloatRange):
+        lo, hi = dist.float_
+        return trial.suggest_float(d.name, lo, hi, step=dist.step, log=dist.log)
+    return dist.value
+
+
+def _draw(dist: Distribution, rng: random.Random) -> Any:
+    if isinstance(dist, FloatRange) and dist.step is None:
+        lo, hi = dist.float_
+        return (
+            math.exp(rng.uniform(math.log(lo), math.log(hi))) if dist.log else rng.uniform(lo, hi)
+        )
+    return rng.choice(dist.values())
+
+
+def resolve_when(space: Space, doc: Any) -> list[Issue]:
+    """Resolve each ``when:`` key (sibling name or dotted root path) to a field path, check
+    the field exists and the values are valid for it, and reject cycles."""
+    issues: list[Issue] = []
+    for d in space.dims:
+        if not d.dist.when:
+            continue
+        for key, allowed in d.dist.when.items():
+            path = tuple(key.split(".")) if "." in key else d.path[:-1] + (key,)
+            owner = field_at(Config, path, space.base)
+            here = d.path + ("when", key)
+            if owner is None or union_members(owner[0].model_fields[owner[1]].annotation):
+                parent_cls = field_at(Config, path[:-1] + ("x",), space.base)
+                opts: list[str] = []
+                if len(path) > 1:
+                    pc = field_at(Config, path[:-1], space.base)
+                    if pc is not None:
+                        members = union_members(pc[0].model_fields[pc[1]].annotation)
+                        opts = list(members[0].model_fields) if members else []
+                else:
+                    opts = list(Config.model_fields)
+                del parent_cls
+                from .errors import allowed_hint
+
+                issues.append(
+                    doc.issue(
+                        here,
+                        f"when: names {dotted(path)!r}, which is not a field",
+                        key=True,
+                        hint=allowed_hint(path[-1], opts, "fields there") if opts else None,
+                    )
+                )
+                continue
+            values = allowed if isinstance(allowed, list) else [allowed]
+            for v in values:
+                try:
+                    adapter(*owner).validate_python(v)
+                except ValidationError as exc:
+                    from .load import _scalar_issue
+
+                    iss = _scalar_issue(owner[0], owner[1], v, exc.errors()[0], here, doc)
+                    iss.message = f"when: {iss.message}"
+                    issues.append(iss)
+            if path == d.path:
+                issues.append(doc.issue(here, "when: a field cannot depend on itself"))
+            d.conditions.append((path, values))
+    if issues:
+        return issues
+    # cycles
+    graph = {d.path: [p for p, _ in d.conditions if space.dim(p) is not None] for d in space.dims}
+    state: dict[Path, int] = {}
+
+    def visit(p: Path, stack: list[Path]) -> list[Path] | None:
+        if state.get(p) == 1:
+            return stack + [p]
+        if state.get(p) == 2:
+            return None
+        state[p] = 1
+        for q in graph.get(p, []):
+            cyc = visit(q, stack + [p])
+            if cyc:
+                return cyc
+        state[p] = 2
+        return None
+
+    for p in graph:
+        cyc = visit(p, [])
+        if cyc:
+            issues.append(
+                doc.issue(
+                    p, "when: conditions form a cycle: " + " -> ".join(dotted(x) for x in cyc)
+                )
+            )
+            break
+    # conditions that can never hold
+    for d in space.dims:
+        for p, allowed in d.conditions:
+            src = space.dim(p)
+            if src is not None and src.is_param and isinstance(src.dist, (Choice, IntRange)):
+                if not any(src.dist.contains(a) for a in allowed):
+                    space.warnings.append(
+                        f"{d.name} is never sampled: {dotted(p)} never takes {allowed}"
+                    )
+            elif src is None and not any(space.fallback(p) == a for a in allowed):
+                space.warnings.append(
+                    f"{d.name} is never sampled: {dotted(p)} is fixed to {space.fallback(p)!r}"
+                )
+    return issues

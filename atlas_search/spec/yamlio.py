@@ -1,0 +1,230 @@
+"""Safe, bounded YAML reading with source positions, and YAML writing.
+
+Only the YAML core types are constructed (safe loader semantics: no tags that build
+objects). A file is limited to ``MAX_BYTES``, the expanded document to ``MAX_NODES``
+nodes (so an alias bomb fails fast) and ``MAX_DEPTH`` levels. Duplicate keys and
+non-string keys are errors. Positions are recorded per path for error messages.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path as FsPath
+from typing import Any
+
+import yaml
+
+from .errors import Issue, Path, SpecError
+
+MAX_BYTES = 1 << 20
+MAX_NODES = 200_000
+MAX_DEPTH = 64
+
+_MAP = "tag:yaml.org,2002:map"
+_SEQ = "tag:yaml.org,2002:seq"
+_MERGE = "tag:yaml.org,2002:merge"
+_SAFE_SCALARS = {
+    f"tag:yaml.org,2002:{t}" for t in ("str", "int", "float", "bool", "null", "timestamp")
+}
+
+
+@dataclass
+class Document:
+    """A parsed YAML document: plain data plus 1-based (line, column) per path."""
+
+    data: Any
+    source: str
+    key_pos: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    value_pos: dict[Path, tuple[int, int]] = field(default_factory=dict)
+
+    def locate(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
+        """Position of the value (or key) at ``path``, else of its nearest located parent."""
+        table = self.key_pos if key else self.value_pos
+        p = tuple(path)
+        while p:
+            if p in table:
+                return table[p]
+            if p in self.value_pos:
+                return self.value_pos[p]
+            p = p[:-1]
+        return self.value_pos.get((), (None, None))
+
+    def issue(self, path: Path, message: str, *, key: bool = False, hint: str | None = None):
+        line, col = self.locate(path, key=key)
+        return Issue(tuple(path), message, line, col, hint)
+
+
+class _Loader(yaml.SafeLoader):
+    """The safe loader, reading YAML 1.2 floats such as ``2.0e6`` and ``1e-3`` as numbers
+    (PyYAML's YAML 1.1 rules read them as text; editors and JSON Schema read numbers)."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+
+        |[-+]?\.[0-9_]+(?:[eE][-+]?[0-9]+)?)$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
+
+
+def _pos(node: yaml.Node) -> tuple[int, int]:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+class _Builder:
+    def __init__(self, doc: Document):
+        self.doc = doc
+        self.nodes = 0
+        self.constructor = yaml.SafeLoader("")
+
+    def fail(self, node: yaml.Node | None, path: Path, msg: str) -> SpecError:
+        line, col = _pos(node) if node is not None else (None, None)
+        return SpecError([Issue(path, msg, line, col)], self.doc.source)
+
+    def build(self, node: yaml.Node, path: Path, depth: int) -> Any:
+        self.nodes += 1
+        if self.nodes > MAX_NODES:
+            raise self.fail(
+                node, path, f"document expands to more than {MAX_NODES} nodes (alias bomb?)"
+            )
+        if depth > MAX_DEPTH:
+            raise self.fail(node, path, f"nesting deeper than {MAX_DEPTH} levels")
+        self.doc.value_pos.setdefault(path, _pos(node))
+        if isinstance(node, yaml.ScalarNode):
+            if node.tag not in _SAFE_SCALARS:
+                raise self.fail(
+                    node, path, f"YAML tag {node.tag!r} is not allowed (plain data only)"
+                )
+            try:
+                value = self.constructor.construct_object(node, deep=True)
+            except yaml.YAMLError as exc:
+                raise self.fail(node, path, f"bad scalar: {exc}") from None
+            if not isinstance(value, (str, int, float, bool, type(None))):
+                value = str(value)  # timestamps stay text
+            return value
+        if isinstance(node, yaml.SequenceNode):
+            if node.tag != _SEQ:
+                raise self.fail(
+                    node, path, f"YAML tag {node.tag!r} is not allowed (plain data only)"
+                )
+            return [self.build(child, path + (i,), depth + 1) for i, child in enumerate(node.value)]
+        if isinstance(node, yaml.MappingNode):
+            if node.tag != _MAP:
+                raise self.fail(
+                    node, path, f"YAML tag {node.tag!r} is not allowed (plain data only)"
+                )
+            out: dict[str, Any] = {}
+            explicit: set[str] = set()
+            merged: dict[str, Any] = {}
+            for key_node, value_node in node.value:
+                if key_node.tag == _MERGE:
+                    sources = (
+                        value_node.value
+                        if isinstance(value_node, yaml.SequenceNode)
+                        else [value_node]
+                    )
+                    for src in sources:
+                        val = self.build(src, path, depth + 1)
+                        if not isinstance(val, dict):
+                            raise self.fail(src, path, "'<<' merge needs a mapping")
+                        for k, v in val.items():
+                            merged.setdefault(k, v)
+                    continue
+                key = self.build(key_node, path + ("<key>",), depth + 1)
+                if not isinstance(key, str):
+                    raise self.fail(
+                        key_node,
+                        path,
+                        f"key {key!r} is not a string (quote it; YAML reads yes/no/on/off as "
+                        "booleans)",
+                    )
+                if key in explicit:
+                    raise self.fail(key_node, path + (key,), f"duplicate key {key!r}")
+                explicit.add(key)
+                self.doc.key_pos[path + (key,)] = _pos(key_node)
+                out[key] = self.build(value_node, path + (key,), depth + 1)
+            for k, v in merged.items():
+                out.setdefault(k, v)
+            return out
+        raise self.fail(node, path, "unsupported YAML node")
+
+
+def parse_text(text: str, source: str = "<input>") -> Document:
+    """Parse one YAML document from text; raises :class:`SpecError` on any problem."""
+    doc = Document(None, source)
+    if len(text.encode("utf-8", "surrogatepass")) > MAX_BYTES:
+        raise SpecError([Issue((), f"file larger than {MAX_BYTES} bytes")], source)
+    if "\x00" in text:
+        raise SpecError([Issue((), "not a text file (contains NUL bytes)")], source)
+    try:
+        nodes = list(yaml.compose_all(text, Loader=_Loader))
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (None, None)
+        what = exc.problem or exc.context or "invalid YAML"
+        raise SpecError([Issue((), f"invalid YAML: {what}", line, col)], source) from None
+    except yaml.YAMLError as exc:
+        raise SpecError([Issue((), f"invalid YAML: {exc}")], source) from None
+    except RecursionError:
+        raise SpecError([Issue((), f"nesting deeper than {MAX_DEPTH} levels")], source) from None
+    nodes = [n for n in nodes if n is not None]
+    if not nodes:
+        raise SpecError(
+            [Issue((), "the file is empty: expected a mapping with model/task/train")], source
+        )
+    if len(nodes) > 1:
+        line, _ = _pos(nodes[1])
+        raise SpecError([Issue((), "more than one YAML document (---) in the file", line)], source)
+    try:
+        doc.data = _Builder(doc).build(nodes[0], (), 0)
+    except RecursionError:
+        raise SpecError([Issue((), f"nesting deeper than {MAX_DEPTH} levels")], source) from None
+    return doc
+
+
+def read_document(path: str | FsPath) -> Document:
+    """Read and parse a YAML file with the size bound; missing/binary files are SpecErrors."""
+    p = FsPath(path)
+    source = str(path)
+    if not p.exists():
+        raise SpecError([Issue((), "no such file")], source)
+    if not p.is_file():
+        raise SpecError([Issue((), "not a regular file")], source)
+    size = p.stat().st_size
+    if size > MAX_BYTES:
+        raise SpecError([Issue((), f"file is {size} bytes; the limit is {MAX_BYTES}")], source)
+    raw = p.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            [Issue((), f"not a UTF-8 text file (byte {exc.start} is {raw[exc.start]:#04x})")],
+            source,
+        ) from None
+    return parse_text(text, source)
+
+
+class _Dumper(yaml.SafeDumper):
+    pass
+
+
+def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", data)
+
+
+_Dumper.add_representer(str, _str_presenter)
+
+
+def dump_yaml(data: Any, header: str = "") -> str:
+    """Plain YAML (block style, key order kept) with an optional comment header."""
+    body = yaml.dump(
+        data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
+    )
+    return header + body
