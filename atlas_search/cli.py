@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -25,7 +26,9 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console(highlight=False)
+# Piped output (files, CI logs) gets wide lines instead of rich's 80-column default.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
+out = Console(highlight=False, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -80,13 +83,14 @@ def _print_space(space: Space, path: Path) -> None:
         size = d.dist.size()
         table.add_row(d.name, _fmt_dist(d), "inf" if math.isinf(size) else str(int(size)), when)
     out.print(table)
-    total = space.size()
+    total, exact = space.count()
     objectives = ", ".join(f"{o.direction} {o.metric}" for o in st.objectives)
+    points = "continuous" if math.isinf(total) else f"{int(total)}"
+    if not exact and not math.isinf(total):
+        points += " (upper bound)"
     out.print(
-        f"points: {'continuous' if math.isinf(total) else int(total)}"
-        f"{' (upper bound, conditions ignored)' if any(d.conditions for d in space.dims) else ''}"
-        f" | objectives: {objectives} | trials: {st.n_trials}, parallel {st.parallel}"
-        f" | sampler: {st.sampler.name} | pruner: {st.pruner.name}",
+        f"points: {points} | objectives: {objectives} | trials: {st.n_trials}, parallel "
+        f"{st.parallel} | sampler: {st.sampler.name} | pruner: {st.pruner.name}",
         markup=False,
     )
     if st.enqueue:

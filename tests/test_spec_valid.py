@@ -213,6 +213,23 @@ train: {lr: {float: [0.001, 0.003], step: 0.001}}
     assert grid["model.memory.window"] == [1, 4, 7]
     assert grid["train.lr"] == pytest.approx([0.001, 0.002, 0.003])
     assert space.size() == 3 * 2 * 3
+    assert space.count() == (18, True)
+
+
+def test_count_applies_conditions():
+    text = """
+study: {name: c}
+model:
+  memory:
+    kind: {choice: [linear, mlp]}
+    depth: {int: [2, 4], when: {kind: mlp}}
+    optimizer: {choice: [gd, muon]}
+    ns_steps: {int: [1, 5], when: {optimizer: muon}}
+"""
+    space = loads(text)
+    # kind: linear (1) + mlp x 3 depths = 4; optimizer: gd (1) + muon x 5 = 6
+    assert space.count() == (24, True)
+    assert space.size() == 2 * 3 * 2 * 5
 
 
 def test_sampling_is_deterministic_under_a_seed():

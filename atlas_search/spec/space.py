@@ -271,6 +271,23 @@ class Space:
         """All discrete values per parameter (for Optuna's GridSampler)."""
         return {d.name: d.dist.values() for d in self.dims if d.is_param}
 
+    def count(self, limit: int = 100_000) -> tuple[float, bool]:
+        """``(points, exact)``: distinct points with ``when:`` conditions applied, enumerated
+        when the space is discrete and small; else the product bound of :meth:`size`."""
+        bound = self.size()
+        if math.isinf(bound) or bound > limit:
+            return bound, False
+
+        def walk(i: int, values: dict[Path, Any]) -> int:
+            if i == len(self.dims):
+                return 1
+            d = self.dims[i]
+            if not d.is_param or not self.active(d, values):
+                return walk(i + 1, values)
+            return sum(walk(i + 1, {**values, d.path: v}) for v in d.dist.values())
+
+        return walk(0, {}), True
+
     def size(self) -> float:
         """Number of distinct points, counting conditional dimensions as always active
         (an upper bound); infinite when a continuous dimension exists."""
