@@ -46,7 +46,9 @@ def newton_schulz(
     transposed = x.shape[-2] > x.shape[-1]
     if transposed:
         x = x.transpose(-2, -1)
-    norm = torch.linalg.matrix_norm(x, ord="fro", keepdim=True)
+    sumsq = (x * x).sum(dim=(-2, -1), keepdim=True)
+    nonzero = sumsq > 0  # a zero matrix maps to zero with a zero (not NaN) gradient
+    norm = torch.where(nonzero, torch.where(nonzero, sumsq, 1.0).sqrt(), 0.0)
     x = x / (norm + eps)
     for a, b, c in sched:
         g = x @ x.transpose(-2, -1)
