@@ -28,9 +28,14 @@ from .yamlio import Document, parse_text, read_document
 TOP_KEYS = ("name", "model", "task", "train", "study")
 
 
-def load(path: str | FsPath) -> Config | Space:
-    """Read a concrete config or a search space from a YAML file (raises SpecError)."""
-    return load_document(read_document(path), default_name=FsPath(path).stem)
+def load(path: str | FsPath, overrides: list[str] | None = None) -> Config | Space:
+    """Read a concrete config or a search space from a YAML file (raises SpecError).
+
+    ``overrides`` are ``dotted.path=value`` strings (values in YAML syntax) applied to the
+    file's data before validation, e.g. ``model.memory.window=4``."""
+    doc = read_document(path)
+    apply_overrides(doc, overrides or [])
+    return load_document(doc, default_name=FsPath(path).stem)
 
 
 def loads(text: str, source: str = "<input>", default_name: str | None = None) -> Config | Space:
@@ -38,22 +43,40 @@ def loads(text: str, source: str = "<input>", default_name: str | None = None) -
     return load_document(parse_text(text, source), default_name=default_name)
 
 
-def load_config(path: str | FsPath) -> Config:
+def load_config(path: str | FsPath, overrides: list[str] | None = None) -> Config:
     """Load a file that must be a concrete config (no distributions, no study)."""
-    spec = load(path)
+    spec = load(path, overrides)
     if isinstance(spec, Space):
         raise SpecError(
             [
                 Issue(
                     ("study",),
-                    "this is a search space; a concrete config is expected here "
-                    "(export a trial with `atlas-search export`, or remove study: and the "
-                    "distributions)",
+                    "this is a search space; a concrete config is expected here (remove "
+                    "study: and give every distribution a plain value)",
                 )
             ],
             str(path),
         )
     return spec
+
+
+def apply_overrides(doc: Document, overrides: list[str]) -> None:
+    """Set ``dotted.path=value`` items in ``doc.data`` (a SpecError names a bad item)."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(parts):
+            raise SpecError([Issue((), f"--set {item!r}: expected dotted.path=value")],
+                            doc.source)
+        value = parse_text(text or "null", f"--set {key}").data if text.strip() else None
+        if not isinstance(doc.data, dict):
+            doc.data = {}
+        node = doc.data
+        for part in parts[:-1]:
+            if not isinstance(node.get(part), dict):
+                node[part] = {}
+            node = node[part]
+        node[parts[-1]] = value
 
 
 def load_document(doc: Document, default_name: str | None = None) -> Config | Space:

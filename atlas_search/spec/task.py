@@ -1,18 +1,26 @@
 """The ``task:`` block: which synthetic or real task a config trains and scores on.
 
-Tasks form a union discriminated by ``name``; each task adds its own model here.
+Tasks form a union tagged by ``name`` (``mqar`` when omitted). MAD tasks follow MAD's
+``MADConfig`` generation parameters and baseline settings (Poli et al., 2024); S-NIAH
+follows RULER's single-needle variants; PTB is Mikolov's Penn Treebank.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
 from .base import Spec, rule_error
 
 
-class MQARTask(Spec):
+class _Task(Spec):
+    num_train: int = Field(20000, ge=1, description="training examples")
+    num_test: int = Field(1000, ge=1, description="held-out examples")
+    seed: int = Field(0, description="data seed (train and test never overlap)")
+
+
+class MQARTask(_Task):
     """Multi-query associative recall as Zoology defines it (keys from the first half of the
     vocabulary, values from the second, queries at power-law gaps; scored on answers only)."""
 
@@ -22,11 +30,8 @@ class MQARTask(Spec):
     num_kv_pairs: int = Field(4, ge=1)
     power_a: float = Field(0.01, gt=0, le=1, description="power-law exponent of query gaps")
     random_non_queries: bool = Field(True, description="fill non-query slots with random tokens")
-    num_train: int = Field(20000, ge=1, description="training examples")
-    num_test: int = Field(1000, ge=1, description="held-out examples")
     test_seq_len: int | None = Field(None, ge=4, description="extrapolation: test length")
     test_num_kv_pairs: int | None = Field(None, ge=1, description="extrapolation: test pairs")
-    seed: int = Field(0, description="data seed (train and test never overlap)")
 
     @model_validator(mode="after")
     def _rules(self) -> MQARTask:
@@ -50,6 +55,130 @@ class MQARTask(Spec):
         return self
 
 
-TaskSpec = MQARTask
-"""All tasks; becomes a union discriminated by ``name`` as tasks are added."""
-TASK_NAMES: tuple[str, ...] = ("mqar",)
+class _MADTask(_Task):
+    """Common MAD generation parameters (MADConfig); defaults are each task's baseline."""
+
+    num_train: int = Field(12800, ge=1)
+    num_test: int = Field(1280, ge=1)
+
+
+class InContextRecallTask(_MADTask):
+    """MAD in-context recall: key-value pairs with a per-sequence mapping, queried again."""
+
+    name: Literal["in_context_recall"] = "in_context_recall"
+    vocab_size: int = Field(16, ge=4)
+    seq_len: int = Field(128, ge=8)
+    multi_query: bool = True
+
+
+class FuzzyInContextRecallTask(_MADTask):
+    """MAD fuzzy recall: keys and values are multi-token motifs."""
+
+    name: Literal["fuzzy_in_context_recall"] = "fuzzy_in_context_recall"
+    vocab_size: int = Field(16, ge=4)
+    seq_len: int = Field(128, ge=8)
+    k_motif_size: int = Field(3, ge=1)
+    v_motif_size: int = Field(3, ge=1)
+    multi_query: bool = True
+
+
+class NoisyInContextRecallTask(_MADTask):
+    """MAD noisy recall: noise tokens from a separate vocabulary are inserted."""
+
+    name: Literal["noisy_in_context_recall"] = "noisy_in_context_recall"
+    vocab_size: int = Field(32, ge=4)
+    seq_len: int = Field(128, ge=8)
+    noise_vocab_size: int = Field(16, ge=1)
+    frac_noise: float = Field(0.2, ge=0, lt=1)
+    multi_query: bool = True
+
+
+class SelectiveCopyingTask(_MADTask):
+    """MAD selective copying: copy the non-noise tokens in order, ignoring noise."""
+
+    name: Literal["selective_copying"] = "selective_copying"
+    vocab_size: int = Field(16, ge=4)
+    seq_len: int = Field(256, ge=8)
+    num_tokens_to_copy: int = Field(16, ge=1)
+
+
+class CompressionTask(_MADTask):
+    """MAD compression: encode a sequence into one token and recover it."""
+
+    name: Literal["compression"] = "compression"
+    vocab_size: int = Field(16, ge=4)
+    seq_len: int = Field(32, ge=4)
+
+
+class MemorizationTask(_MADTask):
+    """MAD memorisation: a fixed key-value map shared by all sequences, learned in weights."""
+
+    name: Literal["memorization"] = "memorization"
+    vocab_size: int = Field(256, ge=8)
+    seq_len: int = Field(32, ge=4)
+    num_train: int = Field(256, ge=1)
+
+
+class SNIAHTask(_Task):
+    """RULER-style single needle in a haystack, trained at ``seq_len`` and evaluated at each
+    of ``test_lengths``: passkey in repeated filler, number in essay-like filler, or a
+    word/uuid-like value."""
+
+    name: Literal["s_niah"] = "s_niah"
+    variant: Literal["passkey", "number", "uuid"] = "passkey"
+    vocab_size: int = Field(256, ge=32)
+    seq_len: int = Field(128, ge=16)
+    test_lengths: list[int] = Field(default_factory=lambda: [128, 256, 512], min_length=1)
+    num_train: int = Field(5000, ge=1)
+    num_test: int = Field(200, ge=1)
+
+
+class PTBTask(Spec):
+    """Penn Treebank language modelling (Mikolov's split, from the ``treebank`` package):
+    word level (10k vocabulary, perplexity) or character level (bits per character)."""
+
+    name: Literal["ptb"] = "ptb"
+    level: Literal["word", "char"] = "word"
+    seq_len: int = Field(128, ge=2)
+    eval_split: Literal["valid", "test"] = "valid"
+    max_eval_tokens: int | None = Field(
+        None, ge=1, description="evaluate on the first N tokens of the split (None = all)"
+    )
+
+    @property
+    def vocab_size(self) -> int:
+        """10,000 words (with ``<eos>``), or the 50 characters of the training text."""
+        return 10000 if self.level == "word" else 50
+
+
+MAD_TASKS = (
+    InContextRecallTask,
+    FuzzyInContextRecallTask,
+    NoisyInContextRecallTask,
+    SelectiveCopyingTask,
+    CompressionTask,
+    MemorizationTask,
+)
+TASK_CLASSES = (MQARTask, *MAD_TASKS, SNIAHTask, PTBTask)
+TASK_NAMES: tuple[str, ...] = tuple(c.model_fields["name"].default for c in TASK_CLASSES)
+
+
+def _task_tag(value: Any) -> str | None:
+    if isinstance(value, dict):
+        return value.get("name", "mqar")
+    return getattr(value, "name", None)
+
+
+TaskSpec = Annotated[
+    Annotated[MQARTask, Tag("mqar")]
+    | Annotated[InContextRecallTask, Tag("in_context_recall")]
+    | Annotated[FuzzyInContextRecallTask, Tag("fuzzy_in_context_recall")]
+    | Annotated[NoisyInContextRecallTask, Tag("noisy_in_context_recall")]
+    | Annotated[SelectiveCopyingTask, Tag("selective_copying")]
+    | Annotated[CompressionTask, Tag("compression")]
+    | Annotated[MemorizationTask, Tag("memorization")]
+    | Annotated[SNIAHTask, Tag("s_niah")]
+    | Annotated[PTBTask, Tag("ptb")],
+    Discriminator(_task_tag),
+]
+"""Any task, selected by ``name`` (default ``mqar``)."""

@@ -1,54 +1,26 @@
-"""The ``atlas-search`` command line (typer + rich).
-
-Bad input never shows a traceback: spec errors print located messages and exit 2.
-"""
+"""``validate``, ``schema`` and ``build``: checking and instantiating specs."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from .spec import Config, Space, SpecError, load
-from .spec.errors import dotted
-
-app = typer.Typer(
-    name="atlas-search",
-    help="Search the design space of ATLAS-family test-time-memory sequence models.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
-# Piped output (files, CI logs) gets wide lines instead of rich's 80-column default.
-_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120
-out = Console(highlight=False, width=_WIDTH)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def _fail(exc: SpecError) -> typer.Exit:
-    n = len(exc.issues)
-    err.print(
-        f"error: {exc.source or '<input>'}: {n} problem{'s' if n != 1 else ''}",
-        style="bold red",
-        markup=False,
-    )
-    for issue in exc.issues:
-        err.print(issue.render(exc.source), markup=False)
-    return typer.Exit(2)
+from ..spec import Config, Space, SpecError, load
+from ..spec.errors import dotted
+from .app import app, err, fail, out
 
 
 def _load(path: Path) -> Config | Space:
     try:
         return load(path)
     except SpecError as exc:
-        raise _fail(exc) from None
+        raise fail(exc) from None
 
 
 def _fmt_dist(d) -> str:  # noqa: ANN001
@@ -151,7 +123,7 @@ def validate(
         try:
             spec = load(path)
         except SpecError as exc:
-            _fail(exc)
+            fail(exc)
             failed = True
             continue
         if isinstance(spec, Space):
@@ -256,16 +228,3 @@ def build(
         table.add_row(label, _describe(cfg), f"{info['params']:,}", f"{info['state_size']:,}",
                       "no: " + ", ".join(bad) if bad else "yes")
     out.print(table)
-
-
-def main() -> None:
-    """Entry point of the ``atlas-search`` script."""
-    try:
-        app()
-    except KeyboardInterrupt:
-        err.print("interrupted", markup=False)
-        sys.exit(130)
-
-
-if __name__ == "__main__":
-    main()

@@ -1,0 +1,122 @@
+"""The trainer: deterministic on CPU, Diverged on NaN, exact resume, thread setting."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import torch
+
+from atlas_search.spec import loads
+from atlas_search.train import train
+from atlas_search.train.schedule import lr_factor
+
+TINY = """
+name: tiny
+task: {name: mqar, vocab_size: 64, seq_len: 32, num_kv_pairs: 2, num_train: 400, num_test: 64}
+train: {steps: 12, batch_size: 8, lr: 3.0e-3, warmup: 2, eval_every: 4, seed: 3}
+model: {preset: deltanet, d_model: 16, n_layers: 1, n_heads: 2}
+"""
+
+
+def _cfg(extra: str = ""):
+    return loads(TINY + extra)
+
+
+def test_same_seed_same_numbers_on_cpu():
+    a = train(_cfg(), threads=1)
+    b = train(_cfg(), threads=1)
+    assert a.status == b.status == "completed"
+    assert [h["loss"] for h in a.history] == [h["loss"] for h in b.history]
+    assert len(a.history) == 3 and a.metrics["params"] > 0 and a.metrics["state_size"] > 0
+    c = train(loads(TINY.replace("seed: 3", "seed: 4")), threads=1)
+    assert [h["loss"] for h in c.history] != [h["loss"] for h in a.history]
+
+
+def test_report_hook_sees_every_evaluation_and_can_stop_training():
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    def report(step, metrics):
+        seen.append((step, metrics["accuracy"]))
+        if step == 8:
+            raise Stop
+
+    try:
+        train(_cfg(), threads=1, report=report)
+    except Stop:
+        pass
+    assert [s for s, _ in seen] == [4, 8]
+
+
+def test_nan_loss_ends_with_diverged(tmp_path):
+    from atlas_search.models import build_model
+
+    cfg = _cfg()
+    model = build_model(cfg)
+    calls = {"n": 0}
+
+    def poison(module, args, output):
+        calls["n"] += 1
+        return output * float("nan") if calls["n"] >= 5 else output
+
+    model.blocks[0].register_forward_hook(poison)
+    result = train(cfg, threads=1, model=model, run_dir=tmp_path / "run")
+    assert result.status == "diverged"
+    assert result.step == 5 and "nan" in result.reason
+    assert math.isnan(result.metrics["loss"])
+    final = json.loads((tmp_path / "run" / "final.json").read_text())
+    assert final["status"] == "diverged" and final["step"] == 5
+
+
+def test_resume_from_checkpoint_reaches_the_same_numbers(tmp_path):
+    full = train(_cfg(), threads=1, run_dir=tmp_path / "full")
+
+    class Crash(Exception):
+        pass
+
+    def crash(step, metrics):
+        if step == 8:
+            raise Crash
+
+    part = tmp_path / "part"
+    try:
+        train(_cfg(), threads=1, run_dir=part, report=crash)
+    except Crash:
+        pass
+    assert torch.load(part / "checkpoint.pt", weights_only=False)["step"] == 8
+    resumed = train(_cfg(), threads=1, run_dir=part, resume=True)
+    assert resumed.metrics["loss"] == full.metrics["loss"]
+    assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
+    lines = (part / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [4.0, 8.0, 12.0]
+
+
+def test_threads_are_set_to_the_given_cpus():
+    before = torch.get_num_threads()
+    try:
+        train(_cfg(), threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_warmup_then_cosine_to_the_floor():
+    spec = _cfg().train
+    assert lr_factor(0, spec) == 0.5 and lr_factor(1, spec) == 1.0
+    assert abs(lr_factor(spec.steps, spec) - spec.min_lr_ratio) < 1e-12
+    values = [lr_factor(s, spec) for s in range(2, spec.steps)]
+    assert values == sorted(values, reverse=True)
+
+
+def test_weight_decay_only_on_matrices():
+    from atlas_search.models import build_model
+    from atlas_search.train.schedule import param_groups
+
+    model = build_model(_cfg())
+    decay, no_decay = param_groups(model, 0.1)
+    assert all(p.ndim >= 2 for p in decay["params"])
+    assert all(p.ndim < 2 or p is model.embed.weight for p in no_decay["params"])
+    assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
