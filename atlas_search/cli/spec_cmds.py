@@ -140,7 +140,7 @@ def schema(
     output: Annotated[Path | None, typer.Option("--out", help="write to this file")] = None,
 ) -> None:
     """Print the JSON Schema of configs and search spaces (for yaml-language-server)."""
-    from .spec.schema import schema as make_schema
+    from ..spec.schema import schema as make_schema
 
     if layer not in ("both", "concrete", "space"):
         err.print(f"error: --layer must be both, concrete or space (got {layer!r})", markup=False)
@@ -159,7 +159,7 @@ def _model_rows(space: Space, sample: int, seed: int) -> list[tuple[str, Config 
 
     from pydantic import ValidationError
 
-    from .spec.space import _first_error
+    from ..spec.space import _first_error
 
     rows: list[tuple[str, Config | str]] = []
     for params, attrs in space.enqueue_points():
@@ -193,8 +193,8 @@ def build(
 ) -> None:
     """Instantiate models on CPU: parameters, recurrent state, per-layer table."""
     spec = _load(file)
-    from .models import build_model
-    from .models.summary import summarize
+    from ..models import build_model
+    from ..models.summary import summarize
 
     if isinstance(spec, Config):
         model = build_model(spec)

@@ -454,7 +454,8 @@ def _reference_loop(
         lo = max(0, e - c + 1)
         kw, vw, gw = kext[:, :, lo : e + 1], vext[:, :, lo : e + 1], gext[:, :, lo : e + 1]
         with torch.enable_grad():
-            wg = [a if a.requires_grad else a.detach().requires_grad_(True) for a in anchor]
+            wg = [a if (need_graph and a.requires_grad) else a.detach().requires_grad_(True)
+                  for a in anchor]
             m = _forward(kw, arch, _plain_mm(wg))[0]
             if cfg.objective == "l2":
                 li = 0.5 * ((m - vw) ** 2).sum(-1)

@@ -65,7 +65,7 @@ class MemorySpec(Spec):
         1.0, gt=0, le=10, description="eta_t = lr_max * sigmoid(w.x) / window (inner step size)"
     )
     window_gate: bool = Field(True, description="learn gamma_i = sigmoid(w.x_i); else gamma = 1")
-    backend: Literal["auto", "reference", "torch", "triton"] = Field(
+    backend: Literal["auto", "reference", "torch"] = Field(
         "auto", description="op backend; auto picks the fastest available for the device"
     )
 
@@ -88,6 +88,12 @@ class MemorySpec(Spec):
         if self.normalize and self.objective != "dot":
             raise rule_error(
                 "normalize", "normalize: true needs objective 'dot' (normalised Hebbian read-out)"
+            )
+        if self.normalize and self.kind != "linear":
+            raise rule_error(
+                "normalize",
+                f"normalize: true needs kind 'linear' (got {self.kind!r}): the normaliser is the "
+                "same linear op applied to v = 1, which a deep memory does not have",
             )
         return self
 
