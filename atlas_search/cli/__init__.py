@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 
-from . import spec_cmds, train_cmds  # noqa: F401  (register the commands)
+from . import search_cmds, spec_cmds, train_cmds  # noqa: F401  (register the commands)
 from .app import app, err
 
 

@@ -1,0 +1,172 @@
+"""``run``, ``status`` and ``export``: the distributed search and its results."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from rich.text import Text
+
+from ..spec import Space, SpecError, load
+from .app import app, err, fail, out
+
+RUNS = Path("runs")
+
+
+def _space(path: Path) -> Space:
+    try:
+        spec = load(path)
+    except SpecError as exc:
+        raise fail(exc) from None
+    if not isinstance(spec, Space):
+        err.print(f"error: {path}: a concrete config; `run` needs a search space (a study: "
+                  "section and distributions); use `atlas-search train` for one config",
+                  markup=False)
+        raise typer.Exit(2)
+    return spec
+
+
+@app.command()
+def run(
+    space_file: Annotated[Path, typer.Argument(help="a search-space YAML", metavar="SPACE")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join ('auto' = the "
+                                                "running one); default: a local Ray")] = None,
+    storage: Annotated[str | None, typer.Option(help="Optuna storage URL (postgresql://... "
+                                                "across machines); default runs/NAME/"
+                                                "journal.log")] = None,
+    parallel: Annotated[int | None, typer.Option(help="trials in flight")] = None,
+    n_trials: Annotated[int | None, typer.Option(help="finished trials to reach")] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds before no new trial starts")
+                       ] = None,
+    inline: Annotated[bool, typer.Option(help="run trials in this process, one at a time "
+                                         "(debugging; no Ray)")] = False,
+    runs: Annotated[Path, typer.Option(help="folder of run folders")] = RUNS,
+) -> None:
+    """Search a space: Optuna samples, Ray runs the trials; rerun to resume."""
+    space = _space(space_file)
+    from ..search.driver import Driver, SearchOptions
+
+    opts = SearchOptions(address=address, storage=storage, parallel=parallel,
+                         n_trials=n_trials, timeout=timeout, runs=runs,
+                         executor="inline" if inline else "ray")
+    bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                   TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=out)
+    job = bar.add_task(space.study.name, total=opts.n_trials or space.study.n_trials, eta="-")
+    started = time.time()
+    first: dict[str, int] = {}
+    stats = Text()
+    events = Text()
+
+    def show(p) -> None:  # noqa: ANN001
+        first.setdefault("done", p.finished)
+        new = p.finished - first["done"]
+        left = p.n_trials - p.finished
+        eta = "-"
+        if new > 0 and left > 0:
+            eta = f"{(time.time() - started) / new * left:,.0f}s"
+        bar.update(job, completed=p.finished, total=p.n_trials, eta=eta)
+        stats.plain = (f"running {p.running} | complete {p.complete} | pruned {p.pruned} | "
+                       f"failed {p.failed} | best {p.best}")
+        events.plain = "\n".join(p.events[-4:])
+
+    try:
+        driver = Driver(space, opts, listener=show, space_text=space_file.read_text())
+    except ValueError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+    out.print(f"study {space.study.name}: storage {driver.url}", markup=False)
+    try:
+        with Live(Group(bar, stats, events), console=out, refresh_per_second=4,
+                  transient=False):
+            progress = driver.run()
+        out.print()
+    except KeyboardInterrupt:
+        err.print("interrupted: running trials were re-queued; rerun the same command to "
+                  "continue", markup=False)
+        raise typer.Exit(130) from None
+    out.print(f"finished {progress.finished}/{progress.n_trials}: complete {progress.complete}"
+              f", pruned {progress.pruned}, failed {progress.failed}; best {progress.best}",
+              markup=False)
+    run_dir = runs / space.study.name
+    out.print(f"next: atlas-search status {run_dir} | atlas-search export {run_dir}",
+              markup=False)
+
+
+def _open(run_dir: Path, storage: str | None):  # noqa: ANN202
+    from ..search.results import open_study
+
+    try:
+        return open_study(run_dir, storage)
+    except FileNotFoundError as exc:
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) and math.isfinite(v) else str(v)
+
+
+@app.command()
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="runs/NAME")],
+    storage: Annotated[str | None, typer.Option(help="storage URL of a database study")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON for scripts")] = False,
+) -> None:
+    """Trials of a study: state, params, values, duration; best so far; failure reasons."""
+    from ..search.results import ranked, trial_rows
+
+    study = _open(run_dir, storage)
+    rows = trial_rows(study)
+    best = ranked(study)
+    if as_json:
+        payload = {"study": study.study_name,
+                   "directions": [d.name.lower() for d in study.directions],
+                   "best": [t.number for t in best[:1 if len(study.directions) == 1 else None]],
+                   "trials": rows}
+        out.print_json(json.dumps(payload, default=str))
+        return
+    table = Table(title=f"study {study.study_name}", title_justify="left")
+    names = sorted({k for r in rows for k in r["params"]})
+    for col in ("#", "state", "value", *[n.split(".")[-1] for n in names], "time", "note"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        vals = ", ".join(_fmt(v) for v in r["values"]) if r["values"] else "-"
+        note = r["reason"].splitlines()[0][:60] if r["reason"] else (
+            f"baseline {r['baseline']}" if r["baseline"] else "")
+        table.add_row(str(r["number"]), r["state"].lower(), vals,
+                      *[_fmt(r["params"].get(n)) for n in names],
+                      f"{r['duration']:.0f}s" if r["duration"] else "-", note)
+    out.print(table)
+    if best:
+        b = best[0]
+        label = "best" if len(study.directions) == 1 else f"Pareto set: {len(best)} trials; first"
+        out.print(f"{label}: trial {b.number} values {b.values} params {b.params}", markup=False)
+
+
+@app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="runs/NAME")],
+    top: Annotated[int, typer.Option(help="how many of the best (single objective)")] = 3,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="default RUN_DIR/export")] = None,
+    storage: Annotated[str | None, typer.Option(help="storage URL of a database study")] = None,
+) -> None:
+    """The best configs (or the Pareto set) as concrete YAML that build/train load."""
+    from ..search.results import export_best
+
+    study = _open(run_dir, storage)
+    paths = export_best(study, out_dir or run_dir / "export", top)
+    if not paths:
+        err.print("error: no complete trial to export yet", markup=False)
+        raise typer.Exit(1)
+    for p in paths:
+        out.print(str(p), markup=False)

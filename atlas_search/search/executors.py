@@ -1,0 +1,98 @@
+"""Where trials run: Ray tasks (the default, local or a cluster) or inline (debugging).
+
+Both expose ``submit(job, cpu, gpu) -> handle``, ``wait(timeout) -> [(handle, outcome or
+exception)]``, ``cancel_all()`` and ``shutdown()``."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .worker import TrialJob, run_trial
+
+
+class InlineExecutor:
+    """Runs each trial in the driver process when ``wait`` is called (one at a time)."""
+
+    def __init__(self) -> None:
+        self._queue: list[tuple[int, TrialJob]] = []
+        self._next = 0
+
+    def submit(self, job: TrialJob, cpu: float, gpu: float) -> int:
+        self._next += 1
+        self._queue.append((self._next, job))
+        return self._next
+
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
+        if not self._queue:
+            return []
+        handle, job = self._queue.pop(0)
+        return [(handle, run_trial(job))]
+
+    def node_of(self, handle: Any) -> str:
+        return "inline"
+
+    def cancel_all(self) -> None:
+        self._queue.clear()
+
+    def shutdown(self) -> None:
+        pass
+
+
+class RayExecutor:
+    """Each trial is a Ray task with the spec's resources; ``max_retries=0`` so the driver
+    sees a dead worker and decides about retries itself."""
+
+    def __init__(self, address: str | None, object_store_mb: int = 256) -> None:
+        import ray
+
+        self.ray = ray
+        self.started = False
+        if not ray.is_initialized():
+            os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+            kwargs: dict[str, Any] = dict(include_dashboard=False, log_to_driver=False,
+                                          configure_logging=False)
+            if address is None:
+                kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
+            ray.init(address=address, **kwargs)
+            self.started = True
+        self._remote = ray.remote(_ray_trial)
+        self._pending: dict[Any, TrialJob] = {}
+
+    def submit(self, job: TrialJob, cpu: float, gpu: float) -> Any:
+        ref = self._remote.options(num_cpus=cpu, num_gpus=gpu, max_retries=0).remote(job)
+        self._pending[ref] = job
+        return ref
+
+    def wait(self, timeout: float) -> list[tuple[Any, Any]]:
+        if not self._pending:
+            return []
+        ready, _ = self.ray.wait(list(self._pending), num_returns=1, timeout=timeout)
+        out = []
+        for ref in ready:
+            self._pending.pop(ref)
+            try:
+                out.append((ref, self.ray.get(ref)))
+            except Exception as exc:  # noqa: BLE001  (worker or node died: the driver retries)
+                out.append((ref, exc))
+        return out
+
+    def cancel_all(self) -> None:
+        for ref in list(self._pending):
+            try:
+                self.ray.cancel(ref, force=True)
+            except Exception:  # noqa: BLE001
+                pass
+        self._pending.clear()
+
+    def shutdown(self) -> None:
+        if self.started:
+            self.ray.shutdown()
+
+
+def _ray_trial(job: TrialJob) -> dict[str, Any]:
+    import ray
+
+    out = run_trial(job)
+    out["node"] = ray.get_runtime_context().get_node_id()
+    return out

@@ -1,0 +1,160 @@
+"""The search end to end through a local Ray: pruning across workers, export, driver kill
+and resume, worker death and retry."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from atlas_search.models import build_model
+from atlas_search.search.driver import Driver, SearchOptions
+from atlas_search.search.results import export_best, open_study
+from atlas_search.spec import load, loads
+
+SPACE = """
+study:
+  name: {name}
+  objectives: [{{metric: loss, direction: minimize}}]
+  n_trials: {n}
+  parallel: 2
+  sampler: {{name: random, seed: 0}}
+  pruner: {pruner}
+  resources: {{cpu: 1}}
+  enqueue: [deltanet]
+task: {{name: mqar, vocab_size: 64, seq_len: 32, num_kv_pairs: 2, num_train: 400, num_test: 64}}
+train: {{steps: {steps}, batch_size: 8, lr: {{choice: [3.0e-3, 1.0e-6]}}, warmup: 0,
+         eval_every: 4, schedule: constant}}
+model:
+  d_model: 16
+  n_layers: 1
+  n_heads: 2
+  memory:
+    kind: {{choice: [linear, mlp]}}
+"""
+MEDIAN = "{name: median, n_startup_trials: 2, n_warmup_steps: 0}"
+
+
+def space_text(name: str, n: int = 8, steps: int = 16, pruner: str = MEDIAN) -> str:
+    return SPACE.format(name=name, n=n, steps=steps, pruner=pruner)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=128 * 1024 * 1024, include_dashboard=False,
+             log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+def test_tiny_study_prunes_across_workers_and_exports(local_ray, tmp_path):
+    space = loads(space_text("tiny"), "tiny.yaml")
+    driver = Driver(space, SearchOptions(runs=tmp_path), listener=lambda p: None)
+    progress = driver.run()
+    study = open_study(tmp_path / "tiny")
+    trials = study.get_trials()
+    assert progress.finished == 8 == len([t for t in trials if t.state.is_finished()])
+    assert trials[0].user_attrs["enqueued"] == "deltanet"
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned, "the median pruner should stop the lr=1e-6 trials"
+    for t in pruned:
+        assert t.intermediate_values and max(t.intermediate_values) < 16  # stopped early
+    assert all(t.user_attrs.get("node") for t in trials if t.state != TrialState.FAIL)
+    hosts = {t.user_attrs.get("host") for t in trials}
+    assert hosts and None not in hosts
+    pids = {int((tmp_path / "tiny" / "trials" / str(t.number) / "worker.pid").read_text())
+            for t in trials}
+    assert os.getpid() not in pids  # trials ran in Ray workers, not in the driver
+    paths = export_best(study, tmp_path / "export", top=2)
+    assert len(paths) == 2
+    for p in paths:
+        cfg = load(p)
+        assert build_model(cfg) is not None
+        assert "trial" in p.read_text().splitlines()[0]
+
+
+def _wait(pred, timeout: float, what: str) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_worker_death_is_retried(local_ray, tmp_path):
+    space = loads(space_text("dying", n=2, steps=40, pruner="{name: none}"), "dying.yaml")
+    pidfile = tmp_path / "dying" / "trials" / "0" / "worker.pid"
+    killed = {}
+
+    def killer():
+        _wait(pidfile.exists, 120, "the first worker")
+        time.sleep(0.5)
+        pid = int(pidfile.read_text())
+        os.kill(pid, signal.SIGKILL)
+        killed["pid"] = pid
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    progress = Driver(space, SearchOptions(runs=tmp_path), listener=lambda p: None).run()
+    thread.join(5)
+    assert killed, "the worker was not killed"
+    study = open_study(tmp_path / "dying")
+    t0 = study.trials[0]
+    assert t0.state == TrialState.COMPLETE
+    assert t0.user_attrs["attempts"] == 2
+    assert progress.complete == 2
+    assert int(pidfile.read_text()) != killed["pid"]  # the retry ran in a new worker
+
+
+def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
+    path = tmp_path / "kill.yaml"
+    path.write_text(space_text("kill", n=6, steps=40, pruner="{name: none}"))
+    cmd = [sys.executable, "-m", "atlas_search.cli", "run", str(path), "--runs", str(tmp_path)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                            start_new_session=True)
+    journal = tmp_path / "kill" / "journal.log"
+
+    def two_done() -> bool:
+        if not journal.exists():
+            return False
+        st = optuna.load_study(study_name="kill", storage=optuna.storages.JournalStorage(
+            optuna.storages.journal.JournalFileBackend(str(journal))))
+        states = [t.state for t in st.get_trials(deepcopy=False)]
+        return states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states
+
+    try:
+        _wait(two_done, 240, "two complete trials")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
+        proc.wait(30)
+    before = open_study(tmp_path / "kill")
+    done_before = {t.number: t.values for t in before.trials if t.state == TrialState.COMPLETE}
+    running = [t.number for t in before.trials if t.state == TrialState.RUNNING]
+    assert running
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=400, env=env)
+    assert rerun.returncode == 0, rerun.stdout + rerun.stderr
+    after = open_study(tmp_path / "kill")
+    by_number = {t.number: t for t in after.trials}
+    for number, values in done_before.items():  # nothing completed was lost or redone
+        assert by_number[number].state == TrialState.COMPLETE
+        assert by_number[number].values == values
+    requeued = {t.user_attrs.get("requeued_from") for t in after.trials} - {None}
+    for number in running:
+        assert by_number[number].state == TrialState.FAIL
+        assert "re-queued" in by_number[number].user_attrs["fail_reason"]
+        assert number in requeued
+    complete = [t for t in after.trials if t.state == TrialState.COMPLETE]
+    assert len(complete) == 6
+    assert not [t for t in after.trials if t.state == TrialState.RUNNING]
