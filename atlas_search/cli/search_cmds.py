@@ -170,3 +170,18 @@ def export(
         raise typer.Exit(1)
     for p in paths:
         out.print(str(p), markup=False)
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="runs/NAME")],
+    out_dir: Annotated[Path | None, typer.Option("--out", help="default RUN_DIR/report")] = None,
+    storage: Annotated[str | None, typer.Option(help="storage URL of a database study")] = None,
+) -> None:
+    """A self-contained HTML report with PNG plots and a markdown summary of a study."""
+    from ..search.report import write_report
+
+    study = _open(run_dir, storage)
+    names = study.user_attrs.get("objectives")
+    html = write_report(study, out_dir or run_dir / "report", objective_names=names)
+    out.print(f"{html}\n{html.with_name('summary.md')}", markup=False)

@@ -20,7 +20,15 @@ from pydantic import ValidationError
 
 from ..spec.space import Space, _first_error
 from .executors import InlineExecutor, RayExecutor
-from .factory import RUNS, make_pruner, make_sampler, max_steps, open_storage, storage_url
+from .factory import (
+    RUNS,
+    make_pruner,
+    make_sampler,
+    max_steps,
+    open_storage,
+    retry_race,
+    storage_url,
+)
 from .worker import TrialJob
 
 HEARTBEAT_S = 10.0
@@ -92,10 +100,10 @@ class Driver:
         self.max_steps = max_steps(space)
         self.pruner = make_pruner(self.spec.pruner, self.max_steps)
         directions = [o.direction for o in self.spec.objectives]
-        self.study = optuna.create_study(
+        self.study = retry_race(lambda: optuna.create_study(
             study_name=self.spec.name, storage=self.storage,
             sampler=make_sampler(self.spec, space), pruner=self.pruner,
-            directions=directions, load_if_exists=True)
+            directions=directions, load_if_exists=True))
         have = [d.name.lower() for d in self.study.directions]
         if have != directions:
             raise ValueError(f"study {self.spec.name!r} in {self.url} has directions {have}, "
@@ -233,7 +241,7 @@ class Driver:
             self._event(f"re-queued trials left running: {requeued}")
         if not self.study.get_trials(deepcopy=False):
             for params, attrs in self.space.enqueue_points():
-                self.study.enqueue_trial(params, user_attrs=attrs)
+                self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         executor = (InlineExecutor() if self.opts.executor == "inline"
                     else RayExecutor(self.opts.address, self.opts.object_store_mb))
         res = self.spec.resources

@@ -4,14 +4,18 @@ the study without its pruner silently gets a default MedianPruner)."""
 
 from __future__ import annotations
 
+import random
+import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import optuna
 
 from ..spec.space import Space
 from ..spec.study import PrunerSpec, StudySpec
 
+T = TypeVar("T")
 RUNS = Path("runs")
 JOURNAL = "journal.log"
 
@@ -37,7 +41,21 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         from optuna.storages.journal import JournalFileBackend
 
         return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-    return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
+    return retry_race(lambda: optuna.storages.RDBStorage(
+        url, engine_kwargs={"pool_pre_ping": True}))
+
+
+def retry_race(make: Callable[[], T], tries: int = 5) -> T:
+    """Call ``make`` again when a concurrent driver won a race to create the same schema
+    or study in a shared database (the loser sees 'already exists' errors)."""
+    for attempt in range(tries):
+        try:
+            return make()
+        except Exception:  # noqa: BLE001  (sqlalchemy IntegrityError/ProgrammingError)
+            if attempt == tries - 1:
+                raise
+            time.sleep(0.5 + random.random())
+    raise AssertionError("unreachable")
 
 
 def make_pruner(spec: PrunerSpec, max_steps: int | None) -> optuna.pruners.BasePruner:

@@ -95,7 +95,7 @@ def load_study(url: str, study_name: str | None = None) -> optuna.Study:
 
     storage = open_storage(url)
     if study_name is None:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage)]
+        names = optuna.get_all_study_names(storage)
         if len(names) != 1:
             raise ValueError(f"{url} holds {len(names)} studies {names}; name one")
         study_name = names[0]
@@ -123,26 +123,29 @@ def complete_trials(study: optuna.Study) -> list[FrozenTrial]:
     return study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
 
 
-def dominates(a: Sequence[float], b: Sequence[float], signs: Sequence[float]) -> bool:
-    """True when ``a`` is no worse than ``b`` on every objective and better on one
-    (``signs``: +1 to minimise, -1 to maximise)."""
-    aa = [s * x for s, x in zip(signs, a, strict=True)]
-    bb = [s * x for s, x in zip(signs, b, strict=True)]
-    return all(x <= y for x, y in zip(aa, bb, strict=True)) and aa != bb
-
-
 def pareto_ranks(trials: Sequence[FrozenTrial], signs: Sequence[float]) -> dict[int, int]:
-    """Non-domination rank (0 = Pareto front) of each trial, by trial number."""
+    """Non-domination rank (0 = Pareto front) of each trial, by trial number (Deb's fast
+    non-dominated sort; ``signs``: +1 to minimise, -1 to maximise)."""
+    import numpy as np
+
+    if not trials:
+        return {}
+    v = np.asarray([t.values for t in trials], dtype=float) * np.asarray(signs, dtype=float)
+    dominated_by: list[np.ndarray] = []
+    count = np.zeros(len(trials), dtype=int)
+    for i in range(len(trials)):
+        beats = np.all(v[i] <= v, axis=1) & np.any(v[i] < v, axis=1)
+        dominated_by.append(np.flatnonzero(beats))
+        count[beats] += 1
     ranks: dict[int, int] = {}
-    left = list(trials)
+    front = np.flatnonzero(count == 0)
     rank = 0
-    while left:
-        front = [t for t in left
-                 if not any(dominates(o.values, t.values, signs) for o in left if o is not t)]
-        for t in front:
-            ranks[t.number] = rank
-        left = [t for t in left if t.number not in ranks]
-        rank += 1
+    while front.size:
+        for i in front:
+            ranks[trials[i].number] = rank
+        count[front] = -1
+        np.subtract.at(count, np.concatenate([dominated_by[i] for i in front]), 1)
+        front, rank = np.flatnonzero(count == 0), rank + 1
     return ranks
 
 
@@ -393,7 +396,7 @@ def html_cell(text: str) -> str:
         return f'<td class="{text}">{esc(text)}</td>'
     numeric = text.replace(",", "").replace(".", "").replace("-", "").replace("e", "")
     cls = ' class="num"' if numeric.replace("+", "").isdigit() else ""
-    return f"<td{cls}>{text}</td>"
+    return f"<td{cls}>{esc(text)}</td>"
 
 
 def html_trials(data: ReportData) -> str:
