@@ -71,6 +71,7 @@ def train(
     resume: bool = False,
     model: nn.Module | None = None,
     task: Task | None = None,
+    checkpoint: bool = True,
 ) -> TrainResult:
     """Train ``config`` and evaluate every ``train.eval_every`` steps and at the end.
 
@@ -79,6 +80,7 @@ def train(
     ``metrics.jsonl``, ``final.json`` and an atomic ``checkpoint.pt`` (at each evaluation)
     are written there; ``resume=True`` continues from that checkpoint and reaches the same
     numbers as an uninterrupted run (batches are a function of (seed, step)).
+    ``checkpoint=False`` writes everything but the checkpoint (search trials).
     """
     from ..models import build_model, summarize
 
@@ -153,10 +155,11 @@ def train(
             if run_dir is not None:
                 with open(run_dir / "metrics.jsonl", "a") as fh:
                     fh.write(json.dumps(metrics) + "\n")
-                save_checkpoint(ckpt_path, {"model": model.state_dict(),
-                                            "optimizer": opt.state_dict(), "step": done,
-                                            "history": history,
-                                            "config": config.model_dump(mode="json")})
+                if checkpoint:
+                    save_checkpoint(ckpt_path, {"model": model.state_dict(),
+                                                "optimizer": opt.state_dict(), "step": done,
+                                                "history": history,
+                                                "config": config.model_dump(mode="json")})
             if report is not None:
                 report(done, metrics)
     final = {**metrics, **static}
