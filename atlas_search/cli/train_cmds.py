@@ -63,6 +63,9 @@ def train(
         err.print(f"error: {run_dir} already holds a checkpoint; pass --resume to continue it "
                   "or --force to start over", markup=False)
         raise typer.Exit(2)
+    if cfg.task.name == "mad":
+        _run_mad(cfg, run_dir, threads)
+        return
     from ..tasks import make_task
     from ..train import train as run_training
 
@@ -138,3 +141,59 @@ def evaluate_cmd(
         out.print(_metrics_table(f"{name} (checkpoint step {state['step']})", metrics))
 
 
+
+
+def _run_mad(cfg: Config, run_dir: Path, threads: int | None) -> None:
+    from ..train.mad_protocol import mad_instances, run_mad
+
+    suite = cfg.task
+    runs = len(mad_instances(suite)) * len(suite.lr_grid) * len(suite.wd_grid)
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[last]}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=out) as bar:
+        job = bar.add_task(f"MAD {cfg.name or ''}", total=runs, last="")
+
+        def on_run(name: str, fields: dict, lr: float, wd: float, metrics: dict) -> None:
+            bar.update(job, advance=1, last=f"{name} lr={lr:g} wd={wd:g} "
+                       f"acc={metrics.get('accuracy', 0):.3f}")
+
+        from ..train.loop import TrainResult, _write_final
+
+        metrics = run_mad(cfg, threads=threads, run_dir=run_dir, on_run=on_run)
+    _write_final(run_dir, TrainResult("completed", runs, metrics, [], None, run_dir))
+    out.print(_metrics_table(f"MAD protocol ({suite.settings} settings, {runs} runs)",
+                             metrics))
+    out.print(f"run folder: {run_dir}", markup=False)
+
+
+@app.command()
+def mad(
+    config: Annotated[Path, typer.Argument(help="a concrete config: its model and train blocks")],
+    settings: Annotated[str, typer.Option(help="baseline | all (MAD's difficulty grid)")
+                        ] = "baseline",
+    tasks: Annotated[list[str], typer.Option("--task", help="MAD task (repeatable; default all "
+                                             "six)")] = [],  # noqa: B006
+    max_train: Annotated[int | None, typer.Option(help="cap training examples")] = None,
+    max_test: Annotated[int | None, typer.Option(help="cap test examples")] = None,
+    set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
+    out_dir: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+) -> None:
+    """Score a model with the MAD protocol: best of the lr x wd grid per task setting, mean
+    over settings per task, mean over tasks."""
+    suite = {"name": "mad", "settings": settings}
+    if tasks:
+        suite["tasks"] = tasks
+    if max_train:
+        suite["max_train"] = max_train
+    if max_test:
+        suite["max_test"] = max_test
+    overrides = [f"task={_flow(suite)}", *set_]
+    cfg = _config(config, overrides)
+    _run_mad(cfg, out_dir or RUNS / f"{cfg.name or config.stem}-mad", threads)
+
+
+def _flow(d: dict) -> str:
+    import json
+
+    return json.dumps(d)

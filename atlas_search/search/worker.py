@@ -62,6 +62,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     import optuna
 
     from ..train import train
+    from ..train.mad_protocol import report_steps
     from .factory import open_storage
 
     start = time.perf_counter()
@@ -77,6 +78,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
         trial = optuna.trial.Trial(study, job.trial_id)
         config = Config.model_validate(job.config)
         primary = job.objectives[0]
+        last_step = report_steps(config)
         single = len(job.objectives) == 1
         last: dict[str, Any] = {"step": None}
 
@@ -85,7 +87,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
             if single and primary in metrics:
                 trial.report(float(metrics[primary]), step)
                 # the last evaluation ends the trial anyway: complete, never pruned there
-                if step < config.train.steps and trial.should_prune():
+                if step < last_step and trial.should_prune():
                     raise optuna.TrialPruned(f"pruned at step {step}")
 
         result = None

@@ -163,6 +163,41 @@ class PTBTask(Spec):
         return 10000 if self.level == "word" else 50
 
 
+MAD_TASK_NAMES = (
+    "in_context_recall",
+    "fuzzy_in_context_recall",
+    "noisy_in_context_recall",
+    "selective_copying",
+    "compression",
+    "memorization",
+)
+
+
+class MADSuiteTask(Spec):
+    """The MAD protocol (Poli et al., 2024) as one task: for each listed task and difficulty
+    setting, train with every (lr, weight decay) of the grid and keep the best test
+    accuracy; a task's score is the mean over its settings; ``mad_score`` is the mean over
+    tasks. ``settings: baseline`` scores the baseline setting only (CPU scale); ``all`` adds
+    MAD's one-factor difficulty changes. ``max_train``/``max_test`` cap the example counts."""
+
+    name: Literal["mad"] = "mad"
+    tasks: list[Literal[MAD_TASK_NAMES]] = Field(  # type: ignore[valid-type]
+        default_factory=lambda: list(MAD_TASK_NAMES), min_length=1
+    )
+    settings: Literal["baseline", "all"] = "baseline"
+    lr_grid: list[float] = Field(default_factory=lambda: [1e-4, 5e-4, 1e-3], min_length=1)
+    wd_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1], min_length=1)
+    max_train: int | None = Field(None, ge=1, description="cap on training examples")
+    max_test: int | None = Field(None, ge=1, description="cap on test examples")
+    seed: int = 0
+
+    @property
+    def vocab_size(self) -> int:
+        """Each setting builds its own model at the setting's vocabulary; this is the
+        largest baseline vocabulary (for summaries)."""
+        return 256
+
+
 MAD_TASKS = (
     InContextRecallTask,
     FuzzyInContextRecallTask,
@@ -171,7 +206,7 @@ MAD_TASKS = (
     CompressionTask,
     MemorizationTask,
 )
-TASK_CLASSES = (MQARTask, *MAD_TASKS, SNIAHTask, PTBTask)
+TASK_CLASSES = (MQARTask, *MAD_TASKS, SNIAHTask, PTBTask, MADSuiteTask)
 TASK_NAMES: tuple[str, ...] = tuple(c.model_fields["name"].default for c in TASK_CLASSES)
 
 
@@ -190,7 +225,8 @@ TaskSpec = Annotated[
     | Annotated[CompressionTask, Tag("compression")]
     | Annotated[MemorizationTask, Tag("memorization")]
     | Annotated[SNIAHTask, Tag("s_niah")]
-    | Annotated[PTBTask, Tag("ptb")],
+    | Annotated[PTBTask, Tag("ptb")]
+    | Annotated[MADSuiteTask, Tag("mad")],
     Discriminator(_task_tag),
 ]
 """Any task, selected by ``name`` (default ``mqar``)."""

@@ -84,6 +84,13 @@ def train(
     """
     from ..models import build_model, summarize
 
+    if config.task.name == "mad":  # the MAD protocol: many runs, one score
+        from .mad_protocol import report_steps, run_mad
+
+        metrics = run_mad(config, threads=threads, report=report, run_dir=run_dir)
+        result = TrainResult("completed", report_steps(config), metrics, [], None, run_dir)
+        _write_final(run_dir, result)
+        return result
     set_threads(threads)
     spec = config.train
     device = resolve_device(spec.device)
