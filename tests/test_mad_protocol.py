@@ -28,8 +28,7 @@ def test_aggregation_follows_the_protocol(monkeypatch):
         t, tr = config.task, config.train
         seen.append((t.name, t.vocab_size, tr.lr, tr.weight_decay))
         acc = (0.5 if t.name == "memorization" else 0.2) + tr.lr * 100 + tr.weight_decay
-        return TrainResult("completed", 2, {"accuracy": acc, "params": 1.0,
-                                            "state_size": 2.0})
+        return TrainResult("completed", 2, {"accuracy": acc, "params": 1.0, "state_size": 2.0})
 
     monkeypatch.setattr(loop, "train", fake_train)
     reports = []
@@ -44,8 +43,7 @@ def test_aggregation_follows_the_protocol(monkeypatch):
     assert metrics["score/memorization"] == pytest.approx(best_memo)
     assert metrics["mad_score"] == pytest.approx((best_recall + best_memo) / 2)
     assert [i for i, _ in reports] == list(range(1, n_recall + n_memo + 1))
-    assert {v for t, v, _, _ in seen if t == "memorization"} == {256, 512, 1024, 2048, 4096,
-                                                                   8192}
+    assert {v for t, v, _, _ in seen if t == "memorization"} == {256, 512, 1024, 2048, 4096, 8192}
 
 
 def test_diverged_runs_score_zero(monkeypatch):
@@ -61,10 +59,28 @@ def test_diverged_runs_score_zero(monkeypatch):
 
 
 def test_mad_command_runs_real_training(cli, tmp_path):
-    res = cli("mad", SPACES / "presets" / "deltanet.yaml", "--task", "compression", "--max-train", "40",
-              "--max-test", "16", "--set", "train.steps=2", "--set", "train.eval_every=2",
-              "--set", "train.warmup=0", "--set", "model.d_model=16", "--threads", "1",
-              "--out", tmp_path / "mad")
+    res = cli(
+        "mad",
+        SPACES / "presets" / "deltanet.yaml",
+        "--task",
+        "compression",
+        "--max-train",
+        "40",
+        "--max-test",
+        "16",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.eval_every=2",
+        "--set",
+        "train.warmup=0",
+        "--set",
+        "model.d_model=16",
+        "--threads",
+        "1",
+        "--out",
+        tmp_path / "mad",
+    )
     assert res.exit_code == 0, res.output
     final = json.loads((tmp_path / "mad" / "final.json").read_text())
     m = final["metrics"]

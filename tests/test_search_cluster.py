@@ -16,12 +16,11 @@ from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
+from test_search import space_text
 
 from atlas_search.search.driver import Driver, SearchOptions
 from atlas_search.search.results import open_study
 from atlas_search.spec import loads
-
-from test_search import space_text
 
 
 def _free_port() -> int:

@@ -211,7 +211,8 @@ CASES = [
         "alias bomb",
         "a: &a [x, x, x, x, x, x, x, x, x, x]\n"
         + "".join(
-            f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n" for p, n in zip("abcdef", "bcdefg", strict=True)
+            f"{n}: &{n} [{', '.join([f'*{p}'] * 10)}]\n"
+            for p, n in zip("abcdef", "bcdefg", strict=True)
         ),
         ["alias bomb"],
         None,
