@@ -7,7 +7,12 @@ from __future__ import annotations
 
 import sys
 
-from . import search_cmds, spec_cmds, train_cmds  # noqa: F401  (register the commands)
+# isort: off
+# registration order is the order of --help: specs, one run, the search
+from . import spec_cmds  # noqa: F401
+from . import train_cmds  # noqa: F401
+from . import search_cmds  # noqa: F401
+# isort: on
 from .app import app, err
 
 

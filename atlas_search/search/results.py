@@ -51,7 +51,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         rows.append({
             "number": t.number, "state": t.state.name, "values": t.values,
             "params": t.params, "duration": ua.get("duration"),
-            "baseline": ua.get("enqueued") if ua.get("enqueued") != "point" else None,
+            "baseline": ua.get("enqueued"),
             "reason": ua.get("fail_reason") or ua.get("prune_reason"),
             "metrics": ua.get("metrics", {}), "step": ua.get("step"),
             "requeued": not ua.get("final", True) if t.state == TrialState.FAIL else False,

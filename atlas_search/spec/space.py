@@ -199,7 +199,9 @@ class Space:
                 values[d.path] = v
             params = {dotted(p): v for p, v in values.items() if self.dim(p).is_param}
             attrs = {"preset": preset} if preset else {}
-            attrs["enqueued"] = preset or "point"
+            label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in given.items())
+            attrs["enqueued"] = f"{preset} ({label})" if preset and label else (
+                preset or "point")
             out.append((params, attrs))
         return out
 
