@@ -373,36 +373,46 @@ def _omega_torch(
         if optimizer != "muon":
             p_mat = c_m * (qc @ kw.transpose(-1, -2))  # [B,H,nc,L,L+c-1]
 
+        # unbind once: indexing [:, :, j] per chunk would make autograd allocate a
+        # gradient of the whole all-chunks tensor for every chunk (quadratic in T)
+        kws, vws, qcs, cas = kw.unbind(2), vw.unbind(2), qc.unbind(2), cum_a.unbind(2)
+        if optimizer != "muon":
+            pms, cms = p_mat.unbind(2), c_m.unbind(2)
+        if optimizer == "momentum":
+            bms, cts, css = b_m.unbind(2), cum_th.unbind(2), c_s.unbind(2)
+        if optimizer == "muon":
+            cts, css, des = cum_th.unbind(2), c_s.unbind(2), dec_eta.unbind(2)
+
         for j in range(nc):
             if not first:
                 anchor = m
             first = False
-            kj, vj, qj = kw[:, :, j], vw[:, :, j], qc[:, :, j]
+            kj, vj, qj = kws[j], vws[j], qcs[j]
             e = kj @ anchor - vj if objective == "l2" else -vj
-            aj = cum_a[:, :, j]
+            aj = cas[j]
             if optimizer == "gd":
-                o = aj.unsqueeze(-1) * (qj @ m) - p_mat[:, :, j] @ e
+                o = aj.unsqueeze(-1) * (qj @ m) - pms[j] @ e
                 m = aj[..., -1, None, None] * m - kj.transpose(-1, -2) @ (
-                    c_m[:, :, j, -1, :, None] * e
+                    cms[j][:, :, -1, :, None] * e
                 )
             elif optimizer == "momentum":
-                bj = b_m[:, :, j]
-                o = aj.unsqueeze(-1) * (qj @ m) + bj.unsqueeze(-1) * (qj @ s) - p_mat[:, :, j] @ e
+                bj = bms[j]
+                o = aj.unsqueeze(-1) * (qj @ m) + bj.unsqueeze(-1) * (qj @ s) - pms[j] @ e
                 kt = kj.transpose(-1, -2)
                 m_new = (
                     aj[..., -1, None, None] * m
                     + bj[..., -1, None, None] * s
-                    - kt @ (c_m[:, :, j, -1, :, None] * e)
+                    - kt @ (cms[j][:, :, -1, :, None] * e)
                 )
-                s = cum_th[:, :, j, -1, None, None] * s - kt @ (c_s[:, :, j, -1, :, None] * e)
+                s = cts[j][:, :, -1, None, None] * s - kt @ (css[j][:, :, -1, :, None] * e)
                 m = m_new
             else:
-                s_all = cum_th[:, :, j, :, None, None] * s.unsqueeze(2) + torch.einsum(
-                    "bhti,bhid,bhie->bhtde", c_s[:, :, j], kj, e
+                s_all = cts[j][:, :, :, None, None] * s.unsqueeze(2) + torch.einsum(
+                    "bhti,bhid,bhie->bhtde", css[j], kj, e
                 )
                 n_all = newton_schulz(s_all, ns_steps)  # [B,H,L,Dk,Dv], one batched call
                 m_all = aj[..., None, None] * m.unsqueeze(2) - torch.einsum(
-                    "bhtn,bhnde->bhtde", dec_eta[:, :, j], n_all
+                    "bhtn,bhnde->bhtde", des[j], n_all
                 )
                 o = torch.einsum("bhtd,bhtde->bhte", qj, m_all)
                 m, s = m_all[:, :, -1], s_all[:, :, -1]

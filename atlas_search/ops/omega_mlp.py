@@ -526,33 +526,46 @@ def _chunked(
         list(st.anchor),
     )
     outs: list[Tensor] = []
+    bounds: list[tuple[int, int]] = []
     c0 = 0
     while c0 < T:
+        c1 = min(T, c0 + b - (st.pos + c0) % b)
+        bounds.append((c0, c1))
+        c0 = c1
+    # split once instead of slicing per chunk: a slice's backward allocates a gradient of
+    # the whole tensor, which made the backward pass quadratic in T
+    sizes = [c1 - c0 for c0, c1 in bounds]
+
+    def parts(x: Tensor | None, lead: int = 0) -> list:
+        if x is None:
+            return [None] * len(sizes)
+        return list(torch.split(x, ([lead] if lead else []) + sizes, dim=2))
+
+    q_p, a_p, e_p, t_p = parts(qh), parts(alpha), parts(eta), parts(theta)
+    k_p, v_p, g_p = parts(kext, n_hist), parts(vext, n_hist), parts(gext, n_hist)
+    if n_hist:
+        hk, hv, hg = k_p.pop(0), v_p.pop(0), g_p.pop(0)
+    else:
+        hk, hv, hg = kext[:, :, :0], vext[:, :, :0], gext[:, :, :0]
+    for i, (c0, c1) in enumerate(bounds):
         if (st.pos + c0) % b == 0:
             anchor = W
-        c1 = min(T, c0 + b - (st.pos + c0) % b)
         e0, e1 = n_hist + c0, n_hist + c1
-        w0 = max(0, e0 - (c - 1))
-        xs, ds = _grad_atoms(kext[:, :, w0:e1], vext[:, :, w0:e1], anchor, cfg.arch, cfg.objective)
+        kw = torch.cat([hk, k_p[i]], 2)
+        vw = torch.cat([hv, v_p[i]], 2)
+        gw = torch.cat([hg, g_p[i]], 2)
+        w0 = e0 - hk.shape[2]
+        xs, ds = _grad_atoms(kw, vw, anchor, cfg.arch, cfg.objective)
         # banded window mask: token e0+r sees ext tokens e0+r-c+1 .. e0+r
         ti = torch.arange(e0, e1, device=qh.device)[:, None]
         wi = torch.arange(w0, e1, device=qh.device)[None, :]
         band = ((wi <= ti) & (wi > ti - c)).to(qh.dtype)
-        mg = band * gext[:, :, None, w0:e1]  # [B, H, n, nw]: gamma_i [i in window(t)]
-        o_c, W, S = _chunk_step(
-            qh[:, :, c0:c1],
-            xs,
-            ds,
-            mg,
-            None if alpha is None else alpha[:, :, c0:c1],
-            eta[:, :, c0:c1],
-            None if theta is None else theta[:, :, c0:c1],
-            W,
-            S,
-            cfg,
-        )
+        mg = band * gw[:, :, None, :]  # [B, H, n, nw]: gamma_i [i in window(t)]
+        o_c, W, S = _chunk_step(q_p[i], xs, ds, mg, a_p[i], e_p[i], t_p[i], W, S, cfg)
         outs.append(o_c)
-        c0 = c1
+        keep = min(c - 1, kw.shape[2])
+        cut = kw.shape[2] - keep
+        hk, hv, hg = kw[:, :, cut:], vw[:, :, cut:], gw[:, :, cut:]
     if (st.pos + T) % b == 0:
         anchor = W
     dv = st.weights[-1].shape[-1]
