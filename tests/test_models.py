@@ -22,15 +22,6 @@ from atlas_search.spec import ModelSpec, load
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one intra-op thread is ~10x faster here than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def spec(**kw) -> ModelSpec:
     base = dict(d_model=16, n_layers=2, n_heads=2, mlp_ratio=2.0)
     mem = kw.pop("memory", {})
@@ -68,10 +59,15 @@ def _manual_mixer(mix: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
     if mem.retention == "fixed":
         g["alpha"] = torch.sigmoid(mix.gates.alpha_logit).expand(b, t, h)
     gates = dict(
-        alpha=g.get("alpha"), eta=g["eta"] * mem.lr_max / mem.window,
-        gamma=g.get("gamma", torch.ones(b, t, h, dtype=x.dtype)), theta=g.get("theta"),
-        window=mem.window, chunk_size=mem.chunk_size, optimizer=mem.optimizer,
-        objective=mem.objective, backend="reference",
+        alpha=g.get("alpha"),
+        eta=g["eta"] * mem.lr_max / mem.window,
+        gamma=g.get("gamma", torch.ones(b, t, h, dtype=x.dtype)),
+        theta=g.get("theta"),
+        window=mem.window,
+        chunk_size=mem.chunk_size,
+        optimizer=mem.optimizer,
+        objective=mem.objective,
+        backend="reference",
     )
     if mem.feature_map == "poly":
         a = torch.log1p(torch.exp(mix.poly_raw))
@@ -83,8 +79,15 @@ def _manual_mixer(mix: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
         o, _ = omega_linear(q, k, v, ns_steps=mem.ns_steps, **gates)
     else:
         o, _ = omega_mlp(
-            q, k, v, list(mix.memory_weights), kind=mem.kind, activation=mem.activation,
-            layer_norm=mem.layer_norm, ns_steps=mem.ns_steps, **gates,
+            q,
+            k,
+            v,
+            list(mix.memory_weights),
+            kind=mem.kind,
+            activation=mem.activation,
+            layer_norm=mem.layer_norm,
+            ns_steps=mem.ns_steps,
+            **gates,
         )
     assert o.shape == (b, t, h, dh)
     o = o * torch.rsqrt(o.pow(2).mean(-1, keepdim=True) + 1e-6) * mix.out_norm.weight
@@ -94,18 +97,38 @@ def _manual_mixer(mix: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
 
 MIXER_CASES = {
     "deltanet": dict(memory=dict(kind="linear", objective="l2", window=1, retention="none")),
-    "swla_c3_momentum": dict(memory=dict(
-        kind="linear", objective="dot", feature_map="poly", window=3, optimizer="momentum",
-        chunk_size=4,
-    )),
-    "atlas_like": dict(memory=dict(
-        kind="mlp", feature_map="poly", poly_degree=2, window=3, optimizer="muon", chunk_size=4,
-        expansion=2,
-    )),
-    "dot_exp_noconv": dict(short_conv=0, memory=dict(
-        kind="linear", objective="l2", feature_map="exp", window=2, chunk_size=4,
-        retention="fixed",
-    )),
+    "swla_c3_momentum": dict(
+        memory=dict(
+            kind="linear",
+            objective="dot",
+            feature_map="poly",
+            window=3,
+            optimizer="momentum",
+            chunk_size=4,
+        )
+    ),
+    "atlas_like": dict(
+        memory=dict(
+            kind="mlp",
+            feature_map="poly",
+            poly_degree=2,
+            window=3,
+            optimizer="muon",
+            chunk_size=4,
+            expansion=2,
+        )
+    ),
+    "dot_exp_noconv": dict(
+        short_conv=0,
+        memory=dict(
+            kind="linear",
+            objective="l2",
+            feature_map="exp",
+            window=2,
+            chunk_size=4,
+            retention="fixed",
+        ),
+    ),
 }
 
 
@@ -232,9 +255,17 @@ def test_lm_ties_head_and_shapes():
 def test_chunked_recurrence_fp32():
     """Arbitrary chunk lengths continue the state; fp32 tolerance 1e-5 (DESIGN §8)."""
     torch.manual_seed(0)
-    s = spec(mixing="mag", swa_window=6, memory=dict(
-        kind="mlp", feature_map="poly", window=3, optimizer="muon", chunk_size=4,
-    ))
+    s = spec(
+        mixing="mag",
+        swa_window=6,
+        memory=dict(
+            kind="mlp",
+            feature_map="poly",
+            window=3,
+            optimizer="muon",
+            chunk_size=4,
+        ),
+    )
     model = build_model(s, vocab_size=32)
     tokens = torch.randint(0, 32, (2, 17))
     with torch.no_grad():
@@ -269,25 +300,55 @@ def test_build_from_config_and_spec():
 # ----------------------------------------------------------------------------- variants
 
 VARIANTS = {
-    "normalize_gd_poly": dict(memory=dict(
-        objective="dot", feature_map="poly", normalize=True, chunk_size=4)),
-    "normalize_muon_poly": dict(memory=dict(
-        objective="dot", feature_map="poly", normalize=True, optimizer="muon", window=2,
-        chunk_size=4)),
-    "normalize_exp_momentum": dict(memory=dict(
-        objective="dot", feature_map="exp", normalize=True, optimizer="momentum", window=2,
-        chunk_size=4)),
-    "fixed_momentum_nogate": dict(memory=dict(
-        retention="fixed", optimizer="momentum", window=3, window_gate=False, chunk_size=5)),
-    "poly_tensor_frozen_coeffs": dict(memory=dict(
-        feature_map="poly", poly_mode="tensor", learn_poly_coeffs=False, window=2)),
-    "poly_elementwise_deg3": dict(memory=dict(
-        feature_map="poly", poly_mode="elementwise", poly_degree=3, retention="none")),
-    "gated_mlp_depth3_ln_silu": dict(memory=dict(
-        kind="gated_mlp", depth=3, expansion=1, layer_norm=True, activation="silu",
-        optimizer="momentum", window=2, chunk_size=3)),
-    "mlp_reference_backend": dict(memory=dict(
-        kind="mlp", expansion=2, backend="reference", window=2, chunk_size=3)),
+    "normalize_gd_poly": dict(
+        memory=dict(objective="dot", feature_map="poly", normalize=True, chunk_size=4)
+    ),
+    "normalize_muon_poly": dict(
+        memory=dict(
+            objective="dot",
+            feature_map="poly",
+            normalize=True,
+            optimizer="muon",
+            window=2,
+            chunk_size=4,
+        )
+    ),
+    "normalize_exp_momentum": dict(
+        memory=dict(
+            objective="dot",
+            feature_map="exp",
+            normalize=True,
+            optimizer="momentum",
+            window=2,
+            chunk_size=4,
+        )
+    ),
+    "fixed_momentum_nogate": dict(
+        memory=dict(
+            retention="fixed", optimizer="momentum", window=3, window_gate=False, chunk_size=5
+        )
+    ),
+    "poly_tensor_frozen_coeffs": dict(
+        memory=dict(feature_map="poly", poly_mode="tensor", learn_poly_coeffs=False, window=2)
+    ),
+    "poly_elementwise_deg3": dict(
+        memory=dict(feature_map="poly", poly_mode="elementwise", poly_degree=3, retention="none")
+    ),
+    "gated_mlp_depth3_ln_silu": dict(
+        memory=dict(
+            kind="gated_mlp",
+            depth=3,
+            expansion=1,
+            layer_norm=True,
+            activation="silu",
+            optimizer="momentum",
+            window=2,
+            chunk_size=3,
+        )
+    ),
+    "mlp_reference_backend": dict(
+        memory=dict(kind="mlp", expansion=2, backend="reference", window=2, chunk_size=3)
+    ),
     "mal_no_mlp_head_dim": dict(mixing="mal", swa_window=3, mlp="none", head_dim=6),
     "attention_odd_head_dim": dict(d_model=18, mixer="attention", short_conv=2),
 }
@@ -322,9 +383,11 @@ def _state_floats(state) -> int:
         return state.numel()
     if isinstance(state, (list, tuple)):
         fields = getattr(state, "_fields", None)
-        items = [
-            v for f, v in zip(fields, state, strict=True) if f != "anchor"
-        ] if fields else list(state)
+        items = (
+            [v for f, v in zip(fields, state, strict=True) if f != "anchor"]
+            if fields
+            else list(state)
+        )
         return sum(_state_floats(v) for v in items)
     raise TypeError(type(state))
 
@@ -361,13 +424,27 @@ def test_summary_state_linear_memory():
     assert summarize(poly, 50)["state_size"] == layers * (h * fdim * dh + 3 * 3 * h * dh)
 
 
-@pytest.mark.parametrize("name", [
-    "deltanet", "atlas_mag", "titans", "gated_deltanet_h2", "swa", "transformer", "omeganet",
-])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "deltanet",
+        "atlas_mag",
+        "titans",
+        "gated_deltanet_h2",
+        "swa",
+        "transformer",
+        "omeganet",
+    ],
+)
 def test_summary_state_matches_cache(name):
     """The formula equals the floats the recurrent cache really holds after seq_len tokens."""
-    s = ModelSpec.model_validate({**load(SPACES / "presets" / f"{name}.yaml").model.model_dump(),
-                                  "head_dim": 4, "swa_window": 8})
+    s = ModelSpec.model_validate(
+        {
+            **load(SPACES / "presets" / f"{name}.yaml").model.model_dump(),
+            "head_dim": 4,
+            "swa_window": 8,
+        }
+    )
     model = build_model(s, vocab_size=16)
     seq_len, b = 11, 2
     with torch.no_grad():

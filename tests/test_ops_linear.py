@@ -21,16 +21,6 @@ GRID = list(itertools.product(OPTIMIZERS, OBJECTIVES, (1, 3, 8), (1, 4, 16)))
 GATES = ("alpha", "eta", "gamma", "theta")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny batched matmuls: intra-op threads only add OpenMP stalls (2x slower, 5x when
-    the CPUs are shared), so run this module single-threaded and restore afterwards."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rel(ref: torch.Tensor, x: torch.Tensor) -> float:
     """Relative RMS error ``||ref - x|| / ||ref||`` (plus a no-NaN check)."""
     assert not torch.isnan(x).any()

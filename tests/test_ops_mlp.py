@@ -23,15 +23,6 @@ from atlas_search.ops.omega_mlp import (
 B, T, H, EXP = 2, 23, 2, 2
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add contention on 2 cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rel(ref: torch.Tensor, x: torch.Tensor) -> float:
     ref, x = ref.double(), x.double()
     assert torch.isfinite(x).all() and torch.isfinite(ref).all()

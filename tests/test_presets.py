@@ -26,15 +26,6 @@ def _spec(path) -> ModelSpec:
     return ModelSpec.model_validate({**spec.model_dump(), "head_dim": HEAD_DIM})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny ops: one intra-op thread is ~10x faster here than two contended ones."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_presets_found():
     assert len(PRESETS) >= 22
 

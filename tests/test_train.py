@@ -95,10 +95,13 @@ def test_resume_from_checkpoint_reaches_the_same_numbers(tmp_path):
 
 
 def test_threads_are_set_to_the_given_cpus():
+    import os
+
     before = torch.get_num_threads()
     try:
-        train(_cfg(), threads=1)
-        assert torch.get_num_threads() == 1
+        torch.set_num_threads(1)
+        train(_cfg(), threads=2)
+        assert torch.get_num_threads() == 2 and os.environ["OMP_NUM_THREADS"] == "2"
     finally:
         torch.set_num_threads(before)
 

@@ -116,12 +116,15 @@ class Space:
 
         A trial enqueued from a preset (user attr ``preset``) starts from that preset's
         model block, keeping this space's sizes (:data:`SIZE_FIELDS`)."""
+        preset = getattr(trial, "user_attrs", {}).get("preset")
+        block = {"model": preset_model(preset)} if preset else {}
         values: dict[Path, Any] = {}
         for d in self.dims:
             if not self.active(d, values):
                 continue
+            if not d.is_param and _get(block, d.path)[0]:
+                continue  # a baseline keeps its preset's value over a fixed `value:` field
             values[d.path] = _suggest(trial, d)
-        preset = getattr(trial, "user_attrs", {}).get("preset")
         return self.concretize(values, preset=preset)
 
     def concretize(self, values: dict[Path, Any], preset: str | None = None) -> Config:
