@@ -60,7 +60,10 @@ def _manual_mixer(mix: MemoryMixer, x: torch.Tensor) -> torch.Tensor:
         g["alpha"] = torch.sigmoid(mix.gates.alpha_logit).expand(b, t, h)
     gates = dict(
         alpha=g.get("alpha"),
-        eta=g["eta"] * mem.lr_max / mem.window,
+        eta=g["eta"]
+        * mem.lr_max
+        / mem.window
+        * ((1 - g["theta"]) if mem.optimizer == "momentum" else 1.0),
         gamma=g.get("gamma", torch.ones(b, t, h, dtype=x.dtype)),
         theta=g.get("theta"),
         window=mem.window,
@@ -148,7 +151,8 @@ def test_gate_inits():
     mix = MemoryMixer(s)
     g = mix.gates(torch.zeros(1, 3, 16))
     torch.testing.assert_close(g.alpha, torch.full((1, 3, 2), ALPHA_INIT))
-    torch.testing.assert_close(g.eta, torch.full((1, 3, 2), ETA_INIT * 2.0 / 4))
+    # momentum: the step is eta (1 - theta), an exponential average of gradients
+    torch.testing.assert_close(g.eta, torch.full((1, 3, 2), ETA_INIT * 2.0 / 4 * (1 - THETA_INIT)))
     torch.testing.assert_close(g.gamma, torch.full((1, 3, 2), GAMMA_INIT))
     torch.testing.assert_close(g.theta, torch.full((1, 3, 2), THETA_INIT))
     fixed = MemoryMixer(spec(memory=dict(retention="fixed", window_gate=False))).gates

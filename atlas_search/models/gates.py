@@ -12,6 +12,10 @@ From the mixer input ``x_t`` (one fused linear map ``d_model -> n_gates * H`` wi
 * ``gamma_i = sigmoid(w.x_i + b)``, ``b = logit(0.9)``, when ``window_gate``; else ones.
 * ``theta_t = sigmoid(w.x_t + b)``, ``b = logit(0.9)`` (momentum and muon only; ``None``
   for gd).
+* momentum only: the step is ``eta_t (1 - theta_t)``, so ``S`` is an exponential average of
+  gradients whose steady-state step is ``eta_t`` (the same scale as gd). Without it the
+  momentum sum multiplies the step by ``1 / (1 - theta) = 10`` at init, and 2-layer MLP
+  memories (Titans) diverged to NaN within ~100 outer steps at lr 3e-3 (quickstart).
 
 Weights use ``nn.Linear``'s default init. Only the gates the spec uses get parameters, so
 every parameter receives a gradient.
@@ -54,6 +58,7 @@ class MemoryGates(nn.Module):
         self.n_heads = n_heads
         self.lr_scale = mem.lr_max / mem.window
         self.retention = mem.retention
+        self.ema_momentum = mem.optimizer == "momentum"
         names = ["eta"]
         inits = [ETA_INIT]
         if mem.retention == "gated":
@@ -85,4 +90,7 @@ class MemoryGates(nn.Module):
         gamma = g.get("gamma")
         if gamma is None:
             gamma = x.new_ones(b, t, self.n_heads)
-        return Gates(alpha, g["eta"] * self.lr_scale, gamma, g.get("theta"))
+        eta = g["eta"] * self.lr_scale
+        if self.ema_momentum:
+            eta = eta * (1.0 - g["theta"])
+        return Gates(alpha, eta, gamma, g.get("theta"))
