@@ -40,7 +40,7 @@ from torch import Tensor, nn
 from ..ops.feature_maps import feature_dim, poly_features, taylor_coeffs
 from ..ops.omega_kernel import omega_kernel
 from ..ops.omega_linear import omega_linear, omega_state_size
-from ..ops.omega_mlp import omega_mlp
+from ..ops.omega_mlp import mlp_layer_shapes, omega_mlp
 from ..spec.model import ModelSpec
 from .conv import ShortConv
 from .gates import Gates, MemoryGates
@@ -63,15 +63,9 @@ def deep_memory_shapes(
     fdim: int, head_dim: int, kind: str, depth: int, expansion: int
 ) -> list[tuple[int, int]]:
     """``(in, out)`` of every fast-weight matrix, in the order :func:`omega_mlp` expects:
-    mlp ``[W_1 .. W_L]``, gated_mlp ``[W_a1, W_b1, ..., W_L]``; hidden = expansion * head_dim."""
-    hidden = expansion * head_dim
-    shapes: list[tuple[int, int]] = []
-    d_in = fdim
-    for _ in range(depth - 1):
-        shapes += [(d_in, hidden)] * (1 if kind == "mlp" else 2)
-        d_in = hidden
-    shapes.append((d_in, head_dim))
-    return shapes
+    mlp ``[W_1 .. W_L]``, gated_mlp ``[W_a1, W_b1, ..., W_L]``; hidden = expansion * head_dim
+    (the model's choice; the op's own ``init_mlp_weights`` scales by the input width)."""
+    return mlp_layer_shapes(fdim, head_dim, kind, depth, expansion * head_dim)
 
 
 def _inv_softplus(y: float) -> float:

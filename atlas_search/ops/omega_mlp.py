@@ -102,7 +102,9 @@ def _check_choice(name: str, value: object, allowed: Sequence[str]) -> None:
         raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
 
 
-def _layer_shapes(dk: int, dv: int, kind: str, depth: int, hidden: int) -> list[tuple[int, int]]:
+def mlp_layer_shapes(
+    dk: int, dv: int, kind: str, depth: int, hidden: int
+) -> list[tuple[int, int]]:
     """``(in, out)`` of every matrix in layer order (see the module docstring)."""
     if depth < 2:
         raise ValueError(f"deep memory needs depth >= 2, got {depth}")
@@ -136,7 +138,7 @@ def init_mlp_weights(
     ``N(0, (0.1)^2/in)``, so ``M`` starts close to the identity (residual) or to zero.
     """
     _check_choice("kind", kind, KINDS)
-    shapes = _layer_shapes(dk, dv, kind, depth, _hidden_width(dk, expansion))
+    shapes = mlp_layer_shapes(dk, dv, kind, depth, _hidden_width(dk, expansion))
     out = []
     for j, (d_in, d_out) in enumerate(shapes):
         scale = (0.1 if j == len(shapes) - 1 else 1.0) / math.sqrt(d_in)
@@ -151,7 +153,7 @@ def mlp_state_size(
     """Floats of recurrent state per head: all weights, twice that with momenta."""
     _check_choice("kind", kind, KINDS)
     _check_choice("optimizer", optimizer, OPTIMIZERS)
-    shapes = _layer_shapes(dk, dv, kind, depth, _hidden_width(dk, expansion))
+    shapes = mlp_layer_shapes(dk, dv, kind, depth, _hidden_width(dk, expansion))
     n = sum(a * b for a, b in shapes)
     return n if optimizer == "gd" else 2 * n
 
@@ -278,7 +280,7 @@ def _infer_arch(ws: Sequence[Tensor], kind: str, activation: str, layer_norm: bo
         raise ValueError(f"deep memory needs at least 2 weight matrices, got {n}")
     dk, dv = ws[0].shape[-2], ws[-1].shape[-1]
     hidden = ws[0].shape[-1]
-    expect = _layer_shapes(dk, dv, kind, depth, hidden)
+    expect = mlp_layer_shapes(dk, dv, kind, depth, hidden)
     got = [tuple(w.shape[-2:]) for w in ws]
     if got != expect:
         raise ValueError(f"{kind} weight shapes (in, out) must be {expect}, got {got}")
