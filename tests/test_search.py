@@ -157,3 +157,17 @@ def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
     complete = [t for t in after.trials if t.state == TrialState.COMPLETE]
     assert len(complete) == 6
     assert not [t for t in after.trials if t.state == TrialState.RUNNING]
+
+
+def test_resuming_with_changed_choices_is_refused(tmp_path):
+    first = space_text("changed", n=2, steps=4, pruner="{name: none}")
+    Driver(loads(first, "c.yaml"), SearchOptions(runs=tmp_path, executor="inline"),
+           listener=lambda p: None).run()
+    changed = first.replace("kind: {choice: [linear, mlp]}", "kind: {choice: [linear, mlp, "
+                            "gated_mlp]}")
+    with pytest.raises(ValueError, match="cannot change a choice list"):
+        Driver(loads(changed, "c.yaml"), SearchOptions(runs=tmp_path, executor="inline"))
+    # the same space resumes fine and the finished trials count
+    again = Driver(loads(first, "c.yaml"), SearchOptions(runs=tmp_path, executor="inline"),
+                   listener=lambda p: None).run()
+    assert again.finished == 2

@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState
 from pydantic import ValidationError
 
+from ..spec.distributions import Choice
 from ..spec.space import Space, _first_error
 from .executors import InlineExecutor, RayExecutor
 from .factory import (
@@ -108,6 +110,7 @@ class Driver:
         if have != directions:
             raise ValueError(f"study {self.spec.name!r} in {self.url} has directions {have}, "
                              f"this space asks for {directions}; use another study name")
+        self._check_choices()
         self.study.set_user_attr("objectives", [o.metric for o in self.spec.objectives])
         self.driver_id = uuid.uuid4().hex[:12]
         self.host = socket.gethostname()
@@ -115,6 +118,21 @@ class Driver:
         self.parallel = opts.parallel or self.spec.parallel
         self.progress = Progress(self.n_trials)
         self._last_beat = 0.0
+
+    def _check_choices(self) -> None:
+        """Optuna cannot change a categorical parameter's choices inside a study: refuse a
+        resumed space whose choices differ, before any trial is asked."""
+        choices = {d.name: tuple(d.dist.choice) for d in self.space.dims
+                   if isinstance(d.dist, Choice)}
+        for t in self.study.get_trials(deepcopy=False):
+            for name, dist in t.distributions.items():
+                if name in choices and isinstance(dist, CategoricalDistribution) and tuple(
+                        dist.choices) != choices[name]:
+                    raise ValueError(
+                        f"study {self.spec.name!r} in {self.url} searched {name} over "
+                        f"{list(dist.choices)}; this space has {list(choices[name])}. Optuna "
+                        "cannot change a choice list inside a study: restore it, or give the "
+                        "study a new name")
 
     # ------------------------------------------------------------------ bookkeeping
     def _beat(self, force: bool = False) -> None:
