@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .conv import ShortConv
+from .mixer_base import QKVMixer
 from .rope import Rotary
 
 
@@ -30,7 +31,7 @@ class AttentionState(NamedTuple):
     pos: int
 
 
-class AttentionMixer(nn.Module):
+class AttentionMixer(QKVMixer):
     """Multi-head causal softmax attention ``[B, T, d_model] -> [B, T, d_model]``."""
 
     def __init__(
@@ -57,20 +58,10 @@ class AttentionMixer(nn.Module):
         empty = torch.zeros(batch_size, 0, self.n_heads, self.head_dim, device=device, dtype=dtype)
         return AttentionState(conv, empty, empty, 0)
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, None)[0]
-
-    def forward_chunk(self, x: Tensor, state: AttentionState) -> tuple[Tensor, AttentionState]:
-        """Continue ``state`` with the tokens ``x [B, T, d_model]``."""
-        return self._run(x, state)
-
     def _run(self, x: Tensor, state: AttentionState | None) -> tuple[Tensor, AttentionState]:
         b, t, _ = x.shape
         h, dh = self.n_heads, self.head_dim
-        qkv = self.qkv(x)
-        conv_state = None
-        if self.conv is not None:
-            qkv, conv_state = self.conv(qkv, None if state is None else state.conv)
+        qkv, conv_state = self._project(x, state)
         q, k, v = qkv.view(b, t, 3, h, dh).unbind(2)
         pos0 = 0 if state is None else state.pos
         q, k = self.rope(q, pos0), self.rope(k, pos0)

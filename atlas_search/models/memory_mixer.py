@@ -44,6 +44,7 @@ from ..ops.omega_mlp import mlp_layer_shapes, omega_mlp
 from ..spec.model import ModelSpec
 from .conv import ShortConv
 from .gates import Gates, MemoryGates
+from .mixer_base import QKVMixer
 from .norm import RMSNorm
 
 L2_EPS = 1e-6
@@ -72,7 +73,7 @@ def _inv_softplus(y: float) -> float:
     return y + math.log(-math.expm1(-y))
 
 
-class MemoryMixer(nn.Module):
+class MemoryMixer(QKVMixer):
     """One memory layer ``[B, T, d_model] -> [B, T, d_model]`` built from a ModelSpec."""
 
     def __init__(self, spec: ModelSpec) -> None:
@@ -133,20 +134,10 @@ class MemoryMixer(nn.Module):
 
     # ------------------------------------------------------------------ forward
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self._run(x, None)[0]
-
-    def forward_chunk(self, x: Tensor, state: MemoryState) -> tuple[Tensor, MemoryState]:
-        """Continue ``state`` with the tokens ``x [B, T, d_model]`` (any ``T >= 1``)."""
-        return self._run(x, state)
-
     def _run(self, x: Tensor, state: MemoryState | None) -> tuple[Tensor, MemoryState]:
         b, t, _ = x.shape
         h, dh = self.n_heads, self.head_dim
-        qkv = self.qkv(x)
-        conv_state = None
-        if self.conv is not None:
-            qkv, conv_state = self.conv(qkv, None if state is None else state.conv)
+        qkv, conv_state = self._project(x, state)
         q, k, v = F.silu(qkv).view(b, t, 3, h, dh).unbind(2)
         q = F.normalize(q, dim=-1, eps=L2_EPS)
         k = F.normalize(k, dim=-1, eps=L2_EPS)
