@@ -103,3 +103,17 @@ def test_version_and_entry_point():
     for cmd in ("validate", "schema"):
         assert cmd in proc.stdout
     assert time.perf_counter() - start < 60
+
+
+def test_every_subpackage_ships_in_the_wheel():
+    """pyproject lists packages explicitly (for the presets mapping): keep it complete."""
+    import tomllib
+
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {
+        ".".join(p.parent.relative_to(ROOT).parts)
+        for p in (ROOT / "atlas_search").rglob("__init__.py")
+    }
+    assert found <= listed, f"add to pyproject [tool.setuptools] packages: {found - listed}"
+    assert "atlas_search._presets" in listed

@@ -17,11 +17,15 @@ SIZE_FIELDS = ("d_model", "n_layers", "n_heads", "head_dim", "vocab_size")
 
 
 def presets_dir() -> Path:
-    """Where preset YAML lives: ``$ATLAS_SEARCH_PRESETS``, else the repository's
-    ``spaces/presets`` (the package is installed from the repository, editable)."""
+    """Where preset YAML lives: ``$ATLAS_SEARCH_PRESETS``; else ``atlas_search/_presets``
+    (a wheel carries ``spaces/presets`` there); else the repository's ``spaces/presets``
+    (an editable install)."""
     env = os.environ.get("ATLAS_SEARCH_PRESETS")
     if env:
         return Path(env)
+    packaged = Path(__file__).resolve().parents[1] / "_presets"
+    if packaged.is_dir():
+        return packaged
     return Path(__file__).resolve().parents[2] / "spaces" / "presets"
 
 
