@@ -159,19 +159,17 @@ def _model_rows(space: Space, sample: int, seed: int) -> list[tuple[str, Config 
 
     from pydantic import ValidationError
 
-    from ..spec.space import _first_error
+    from ..spec.space import first_error
 
-    rows: list[tuple[str, Config | str]] = []
-    for params, attrs in space.enqueue_points():
-        values = {tuple(k.split(".")): v for k, v in params.items()}
-        rows.append((f"baseline {attrs['enqueued']}",
-                     space.concretize(values, preset=attrs.get("preset"))))
+    rows: list[tuple[str, Config | str]] = [
+        (f"baseline {label}", cfg) for label, cfg in space.baseline_configs()
+    ]
     rng = random.Random(seed)
     for i in range(sample):
         try:
             rows.append((f"random {i + 1}", space.concretize(space.random_values(rng))))
         except ValidationError as exc:
-            rows.append((f"random {i + 1}", f"invalid: {_first_error(exc)}"))
+            rows.append((f"random {i + 1}", f"invalid: {first_error(exc)}"))
     return rows
 
 

@@ -188,12 +188,7 @@ def mad(
         suite["max_train"] = max_train
     if max_test:
         suite["max_test"] = max_test
-    overrides = [f"task={_flow(suite)}", *set_]
+    overrides = [f"task={json.dumps(suite)}", *set_]  # JSON is YAML
     cfg = _config(config, overrides)
     _run_mad(cfg, out_dir or RUNS / f"{cfg.name or config.stem}-mad", threads)
 
-
-def _flow(d: dict) -> str:
-    import json
-
-    return json.dumps(d)

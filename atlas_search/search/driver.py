@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 from pydantic import ValidationError
 
 from ..spec.distributions import Choice
-from ..spec.space import Space, _first_error
+from ..spec.space import Space, first_error
 from .executors import InlineExecutor, RayExecutor
 from .factory import (
     RUNS,
@@ -195,7 +195,7 @@ class Driver:
         try:
             config = self.space.sample(trial)
         except ValidationError as exc:
-            self._fail(trial, f"invalid config: {_first_error(exc)}")
+            self._fail(trial, f"invalid config: {first_error(exc)}")
             return None
         config = config.model_copy(update={"name": f"{self.spec.name}-{trial.number}"})
         trial.set_user_attr("config", config.model_dump(mode="json"))

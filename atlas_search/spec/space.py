@@ -13,7 +13,7 @@ from pydantic import ValidationError
 
 from .config import Config
 from .distributions import Choice, Distribution, FloatRange, IntRange
-from .errors import Issue, Path, dotted
+from .errors import Issue, Path, allowed_hint, dotted
 from .introspect import adapter, default_of, field_at, union_members
 from .presets import SIZE_FIELDS, deep_merge, preset_model, preset_names
 from .study import StudySpec
@@ -208,6 +208,15 @@ class Space:
             out.append((params, attrs))
         return out
 
+    def baseline_configs(self) -> list[tuple[str, Config]]:
+        """``(label, concrete config)`` of each ``study.enqueue`` entry, as the search will
+        train it (raises ValueError / ValidationError on an entry outside the space)."""
+        out = []
+        for params, attrs in self.enqueue_points():
+            values = {tuple(k.split(".")): v for k, v in params.items()}
+            out.append((attrs["enqueued"], self.concretize(values, preset=attrs.get("preset"))))
+        return out
+
     # ---------------------------------------------------------------- checks
     def check(self, doc: Any) -> list[Issue]:
         """Static checks: samplers that need discrete spaces, enqueue entries, and random
@@ -227,8 +236,6 @@ class Space:
         for i, entry in enumerate(self.study.enqueue):
             preset = entry if isinstance(entry, str) else entry.get("preset")
             if preset is not None and preset not in names:
-                from .errors import allowed_hint
-
                 issues.append(
                     doc.issue(
                         ("study", "enqueue", i),
@@ -238,14 +245,12 @@ class Space:
                 )
         if not issues:
             try:
-                for params, attrs in self.enqueue_points():
-                    values = {tuple(k.split(".")): v for k, v in params.items()}
-                    self.concretize(values, preset=attrs.get("preset"))
+                self.baseline_configs()
             except ValueError as exc:
                 msg = (
                     str(exc).splitlines()[0]
                     if not isinstance(exc, ValidationError)
-                    else _first_error(exc)
+                    else first_error(exc)
                 )
                 issues.append(doc.issue(("study", "enqueue"), msg))
         if issues:
@@ -258,7 +263,7 @@ class Space:
                 self.concretize(self.random_values(rng))
             except ValidationError as exc:
                 n_bad += 1
-                reason = _first_error(exc)
+                reason = first_error(exc)
                 bad[reason] = bad.get(reason, 0) + 1
         if n_bad == N_PROBES:
             reason = max(bad, key=bad.get)
@@ -299,7 +304,7 @@ class Space:
         return math.prod(d.dist.size() for d in self.dims if d.is_param)
 
 
-def _first_error(exc: ValidationError) -> str:
+def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = [str(p) for p in err["loc"] if p not in ("mqar",)]
     if err["type"] == "cross_field":
@@ -352,7 +357,6 @@ def resolve_when(space: Space, doc: Any) -> list[Issue]:
             owner = field_at(Config, path, space.base)
             here = d.path + ("when", key)
             if owner is None or union_members(owner[0].model_fields[owner[1]].annotation):
-                parent_cls = field_at(Config, path[:-1] + ("x",), space.base)
                 opts: list[str] = []
                 if len(path) > 1:
                     pc = field_at(Config, path[:-1], space.base)
@@ -361,8 +365,6 @@ def resolve_when(space: Space, doc: Any) -> list[Issue]:
                         opts = list(members[0].model_fields) if members else []
                 else:
                     opts = list(Config.model_fields)
-                del parent_cls
-                from .errors import allowed_hint
 
                 issues.append(
                     doc.issue(
