@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
+
+if not torch.cuda.is_available():
+    # Triton fixes interpreter vs compiled mode at its first import: on a machine without
+    # CUDA the Triton kernel tests (tests/test_ops_triton.py) run in the interpreter.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "spaces"

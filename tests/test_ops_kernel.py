@@ -306,3 +306,12 @@ def test_normalised_softmax_survives_large_logits_fp32(backend):
         *(z.double().transpose(1, 2) for z in (q, k, v)), is_causal=True, scale=sc
     ).transpose(1, 2)
     assert rel(ref, o.double()) < 1e-5
+
+
+def test_triton_backend_name_runs_the_torch_form():
+    """The kernel form has no Triton kernel: ``backend="triton"`` is accepted (one setting
+    serves every memory kind) and computes exactly what the torch form computes."""
+    x = make(seed=3)
+    kw = {"window": 3, "chunk_size": 4, "optimizer": "momentum", "objective": "l2"}
+    got = omega_kernel(**x, **kw, backend="triton")
+    assert torch.equal(got, omega_kernel(**x, **kw, backend="torch"))

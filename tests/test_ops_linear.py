@@ -505,7 +505,6 @@ def test_invalid_options():
         ("optimizer", "adam", "muon"),
         ("objective", "l1", "dot"),
         ("backend", "cuda", "reference"),
-        ("backend", "triton", "triton"),
         ("window", 0, "window"),
         ("chunk_size", 0, "chunk_size"),
     ]:

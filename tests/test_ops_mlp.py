@@ -430,7 +430,6 @@ def test_state_size():
         (dict(activation="relu"), "activation"),
         (dict(optimizer="adam"), "optimizer"),
         (dict(objective="l1"), "objective"),
-        (dict(backend="triton"), "backend"),
         (dict(window=0), "window"),
         (dict(chunk_size=0), "chunk_size"),
         (dict(optimizer="muon", theta=None), "theta"),

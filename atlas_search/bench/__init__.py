@@ -4,6 +4,10 @@
   written with the Omega-rule ops (ATLAS Proposition 1, Proposition 2, Theorem 1).
 * :mod:`.ops_speed`: tokens/s of forward+backward of the preset memory layers, torch
   (chunk-parallel) backend vs reference loop, and scaling in T.
+* :mod:`.kernels_speed`: the Omega op alone, triton / torch / reference backends against
+  flash-linear-attention's ``chunk_gated_delta_rule`` and SDPA flash (``atlas-search bench``).
+* :mod:`.gpu_check`: kernel checks, GPU tests and the kernel benchmark in one command
+  (``PYTHONPATH=. python -m atlas_search.bench.gpu_check --out DIR``; no pydantic needed).
 
 Run as ``python -m atlas_search.bench.capacity`` / ``python -m atlas_search.bench.ops_speed``.
 """

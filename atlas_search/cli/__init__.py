@@ -8,10 +8,11 @@ from __future__ import annotations
 import sys
 
 # isort: off
-# registration order is the order of --help: specs, one run, the search
+# registration order is the order of --help: specs, one run, the search, benchmarks
 from . import spec_cmds  # noqa: F401
 from . import train_cmds  # noqa: F401
 from . import search_cmds  # noqa: F401
+from . import bench_cmds  # noqa: F401
 # isort: on
 from .app import app, err
 

@@ -38,7 +38,7 @@ import torch.nn.functional as F
 
 from .feature_maps import taylor_coeffs
 
-Backend = Literal["auto", "reference", "torch"]
+Backend = Literal["auto", "reference", "torch", "triton"]
 Tensor = torch.Tensor
 
 
@@ -72,7 +72,9 @@ def omega_kernel(
     ``coeffs [degree+1]`` default Taylor). ``normalize`` (dot only) divides by the same op
     run on ``v = 1``: with exp, c = 1 and unit gates this is causal softmax attention with
     logits ``scale * q.k`` (computed with a per-query max shift, which cancels exactly).
-    ``backend``: ``reference`` (token loop), ``torch`` (chunked), ``auto`` = torch.
+    ``backend``: ``reference`` (token loop), ``torch`` (chunked), ``auto`` = torch; ``triton``
+    runs the torch form too (the kernel form has no Triton kernel; the name is accepted so one
+    ``backend`` setting serves every memory kind).
     Half-precision inputs are computed in float32 and cast back.
     """
     if optimizer == "muon":
@@ -99,7 +101,7 @@ def omega_kernel(
             f"expected q, k [B,T,H,D] and v [B,T,H,Dv]; got {tuple(q.shape)}, "
             f"{tuple(k.shape)}, {tuple(v.shape)}"
         )
-    if backend not in ("auto", "reference", "torch"):
+    if backend not in ("auto", "reference", "torch", "triton"):
         raise ValueError(f"unknown backend {backend!r}")
 
     out_dtype = v.dtype

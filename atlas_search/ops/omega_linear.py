@@ -13,8 +13,13 @@ With time 1-indexed, chunk size ``b``, window ``c`` and anchor ``t' = b * floor(
     muon:      S_t = theta_t S_{t-1} + G_t ;        M_t = alpha_t M_{t-1} - eta_t NS_k(S_t)
 
 Backends: ``"reference"`` (per-token loop, the oracle), ``"torch"`` (chunk-parallel dual
-form), ``"auto"`` (= ``"torch"``). Chunk boundaries are aligned to the absolute position
-stored in :class:`OmegaState`, so a sequence can be processed in pieces of any length.
+form), ``"triton"`` (the same dual form as Triton kernels, :mod:`.omega_triton`: gd and
+momentum; muon, a continued state off a chunk boundary and any case Triton cannot run
+use ``"torch"``, with one warning per reason except for muon), ``"auto"`` (``"triton"`` for
+CUDA tensors when it can run the case, else ``"torch"``; it warns only when the kernels
+fail to compile or launch). Chunk boundaries
+are aligned to the absolute position stored in :class:`OmegaState`, so a sequence can be
+processed in pieces of any length.
 """
 
 from __future__ import annotations
@@ -28,7 +33,7 @@ from .newton_schulz import newton_schulz
 
 OPTIMIZERS = ("gd", "momentum", "muon")
 OBJECTIVES = ("l2", "dot")
-BACKENDS = ("auto", "torch", "reference")
+BACKENDS = ("auto", "torch", "reference", "triton")
 
 
 class OmegaState(NamedTuple):
@@ -154,12 +159,12 @@ def omega_linear(
     only for ``optimizer="gd"``. ``initial_state`` is ``None`` (``M_0 = 0``), a tensor ``M_0``
     broadcastable to ``[B, H, Dk, Dv]`` (fresh start, ``S_0 = 0``, position 0) or the
     :class:`OmegaState` of a previous call (same window, chunk size, optimizer, objective).
-    Gradients flow to every input, gate and the initial state.
+    Gradients flow to every input, gate and the initial state. ``backend``: ``"auto"``,
+    ``"torch"``, ``"reference"`` or ``"triton"`` (module docstring; every backend returns
+    the same :class:`OmegaState`, so calls chain across backends).
     """
     _check_choice("optimizer", optimizer, OPTIMIZERS)
     _check_choice("objective", objective, OBJECTIVES)
-    if backend == "triton":
-        raise ValueError("backend 'triton' is not available yet; use one of " + str(BACKENDS))
     _check_choice("backend", backend, BACKENDS)
     if not isinstance(window, int) or window < 1:
         raise ValueError(f"window must be an int >= 1, got {window!r}")
@@ -183,8 +188,16 @@ def omega_linear(
 
     st = _initial_state(initial_state, q, v, window, optimizer)
     args = [x.transpose(1, 2) for x in (q, k, v, alpha, eta, gamma, theta)]
-    run = _omega_reference if backend == "reference" else _omega_torch
-    o, st = run(*args, st, window, chunk_size, optimizer, objective, ns_steps)
+    res = None
+    if backend in ("triton", "auto"):
+        from . import omega_triton  # (imports no triton until a kernel is needed)
+
+        res = omega_triton.run(backend, *args, st, window, chunk_size, optimizer, objective)
+    if res is not None:
+        o, st = res
+    else:
+        run = _omega_reference if backend == "reference" else _omega_torch
+        o, st = run(*args, st, window, chunk_size, optimizer, objective, ns_steps)
     state = OmegaState(
         st.memory,
         st.momentum,

@@ -25,7 +25,9 @@ and the read-out is ``o_t = M_{W_t}(q_t)`` (read after write).
 
 Backends: ``reference`` is a per-token loop using ``torch.autograd.grad`` (with
 ``create_graph`` so the outer loop can differentiate through it); ``torch`` is the
-chunk-parallel form. Per chunk it runs one forward/backward pass of the window tokens
+chunk-parallel form; ``triton`` and ``auto`` run the ``torch`` form (deep memory has no
+Triton kernel: ``triton`` is accepted so one ``backend`` setting serves every memory kind).
+The chunk-parallel form runs, per chunk, one forward/backward pass of the window tokens
 (chunk plus ``c-1`` halo) at the anchor weights, by hand. Each layer's per-token gradient is
 an outer product ``h_i^T delta_i``. Gates and the banded window mask then fold into a
 ``[n, n + c - 1]`` coefficient matrix ``C``. For gd and momentum the dual form
@@ -59,7 +61,7 @@ KINDS = ("mlp", "gated_mlp")
 ACTIVATIONS = ("gelu", "silu")
 OPTIMIZERS = ("gd", "momentum", "muon")
 OBJECTIVES = ("l2", "dot")
-BACKENDS = ("auto", "reference", "torch")
+BACKENDS = ("auto", "reference", "torch", "triton")
 LN_EPS = 1e-5
 """Epsilon of the affine-free LayerNorm on the memory branch (``F.layer_norm`` default)."""
 

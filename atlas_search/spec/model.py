@@ -65,8 +65,12 @@ class MemorySpec(Spec):
         1.0, gt=0, le=10, description="eta_t = lr_max * sigmoid(w.x) / window (inner step size)"
     )
     window_gate: bool = Field(True, description="learn gamma_i = sigmoid(w.x_i); else gamma = 1")
-    backend: Literal["auto", "reference", "torch"] = Field(
-        "auto", description="op backend; auto picks the fastest available for the device"
+    backend: Literal["auto", "reference", "torch", "triton"] = Field(
+        "auto",
+        description="op backend: reference (token loop), torch (chunk-parallel), triton "
+        "(Triton kernels for linear memory with gd/momentum; muon and MLP memories run "
+        "torch; without Triton or CUDA it runs torch with a warning); auto = triton on "
+        "CUDA where it applies, else torch",
     )
 
     @model_validator(mode="after")

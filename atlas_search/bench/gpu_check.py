@@ -1,0 +1,445 @@
+"""One-command GPU check: Triton kernels against the reference, the GPU tests, the benchmark.
+
+Run from a checkout with no install step (the GPU machine needs torch, triton and, for the
+fla rows, einops; no pydantic, optuna or ray)::
+
+    pip download --no-deps fla-core==0.5.2 flash-linear-attention==0.5.2 -d .whl  # once
+    PYTHONPATH=. python -m atlas_search.bench.gpu_check --out gpu-out
+
+or ``atlas-search bench --gpu-check --out gpu-out`` where the package is installed. Steps,
+each timed (the whole check is sized to finish in under 8 minutes on an H100; ``--budget-s``):
+
+1. flash-linear-attention from wheels: ``fla_core-*.whl`` (and ``flash_linear_attention-*.whl``
+   when it carries ``fla/ops``, as releases before the fla-core split did) found in
+   ``--fla-wheels DIR``, else ``<repo>/.whl``, the repository, its parent directory; they are
+   unzipped into a temporary folder put first on ``sys.path``. Without a wheel an installed
+   fla is used; without either, the fla rows are skipped with the reason.
+2. :func:`atlas_search.bench.kernel_check.run_kernel_checks` on ``cuda`` in fp32 and bf16
+   (a subprocess with a timeout: a kernel fault cannot poison this process's CUDA context).
+3. ``pytest -q tests/test_ops_triton.py -k "not interpreter_subprocess"`` (a subprocess
+   with a timeout; the deselected test reruns the CPU params in the Triton interpreter,
+   which CPU CI does; ``--pytest-all`` keeps it) when the repository's ``tests/`` is
+   present and pytest is installed.
+4. :mod:`atlas_search.bench.kernels_speed` at the GPU sizes, with what is left of the budget.
+5. ``OUT/gpu_check.json`` (device, versions, kernel-check rows, pytest outcome, every bench
+   row and ratio, the acceptance verdicts), ``OUT/bench_table.txt`` and ``.md``,
+   ``OUT/pytest.txt``.
+
+Exit status: 0 when everything that ran passed, 1 when a kernel check, the tests or an
+acceptance verdict failed (a verdict that could not be measured, e.g. without fla, is
+reported and does not fail), 2 without a CUDA device or on bad options.
+
+Imports only the standard library, torch, and :mod:`atlas_search.bench` / ``.ops`` modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import importlib
+import importlib.util
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages)
+FLA_PINS = "fla-core==0.5.2 flash-linear-attention==0.5.2"
+TOTAL_BUDGET_S = 450.0  # under 8 minutes with start-up and writing
+BENCH_RESERVE_S = 210.0  # kept for the benchmark when sizing the pytest timeout
+KERNEL_CHECK_TIMEOUT_S = 150.0
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+class NoCuda(RuntimeError):
+    """Raised (and reported as exit 2) when no CUDA device is visible."""
+
+
+# ---------------------------------------------------------------- fla wheels
+
+
+def default_wheel_dirs(repo: Path = PACKAGE_ROOT) -> list[Path]:
+    return [repo / ".whl", repo, repo.parent]
+
+
+def _version_key(path: Path) -> tuple:
+    parts = path.name.split("-")
+    ver = parts[1] if len(parts) > 1 else ""
+    return tuple(int(n) for n in re.findall(r"\d+", ver))
+
+
+def find_fla_wheels(dirs: Sequence[Path]) -> list[Path]:
+    """The newest ``fla_core`` and ``flash_linear_attention`` wheels of the first folder in
+    ``dirs`` that holds either (empty when none does)."""
+    for d in dirs:
+        if not d.is_dir():
+            continue
+        found = []
+        for stem in ("fla_core", "flash_linear_attention"):
+            wheels = sorted(d.glob(f"{stem}-*.whl"), key=_version_key)
+            if wheels:
+                found.append(wheels[-1])
+        if found:
+            return found
+    return []
+
+
+def _carries_ops(wheel: Path) -> bool:
+    with zipfile.ZipFile(wheel) as z:
+        return any(n.startswith("fla/ops/") for n in z.namelist())
+
+
+def extract_wheels(wheels: Sequence[Path], dest: Path | None = None) -> Path:
+    """Unzip ``wheels`` into ``dest`` (a new temporary folder, removed at exit, when None)."""
+    if dest is None:
+        dest = Path(tempfile.mkdtemp(prefix="atlas-fla-"))
+        atexit.register(shutil.rmtree, dest, True)
+    for w in wheels:
+        with zipfile.ZipFile(w) as z:
+            z.extractall(dest)
+    return dest
+
+
+@dataclass
+class FlaSetup:
+    available: bool
+    message: str
+    wheels: list[str] = field(default_factory=list)
+    path: str | None = None
+    version: str | None = None
+    fn: Callable | None = None
+
+    def info(self) -> dict:
+        return {"available": self.available, "message": self.message, "wheels": self.wheels,
+                "path": self.path, "version": self.version}
+
+    def as_loaded(self) -> tuple[Callable | None, str | None, str]:
+        return self.fn, self.version, self.message
+
+
+def prepare_fla(dirs: Sequence[Path] | None = None, allow_installed: bool = True) -> FlaSetup:
+    """Make ``fla`` importable from wheels in ``dirs`` (default :func:`default_wheel_dirs`)
+    and load ``chunk_gated_delta_rule``; the message says what was used or why the fla rows
+    are skipped."""
+    from .kernels_speed import load_fla
+
+    dirs = list(dirs) if dirs is not None else default_wheel_dirs()
+    wheels = find_fla_wheels(dirs)
+    if wheels:
+        core = [w for w in wheels if w.name.startswith("fla_core-")]
+        use = core + [w for w in wheels if w not in core and (not core or _carries_ops(w))]
+        try:
+            dest = extract_wheels(use)
+        except (OSError, zipfile.BadZipFile) as exc:
+            return FlaSetup(False, f"fla rows skipped: cannot unzip {use[0]}: {exc}",
+                            [str(w) for w in use])
+        sys.path.insert(0, str(dest))
+        importlib.invalidate_caches()
+        fn, version, msg = load_fla()
+        names = ", ".join(w.name for w in use)
+        if fn is None:
+            return FlaSetup(False, f"fla rows skipped: {msg} (from {names})",
+                            [str(w) for w in use], str(dest))
+        return FlaSetup(True, f"{msg}; wheels: {names}", [str(w) for w in use], str(dest),
+                        version, fn)
+    where = ", ".join(str(d) for d in dirs)
+    if allow_installed and importlib.util.find_spec("fla") is not None:
+        fn, version, msg = load_fla()
+        if fn is not None:
+            return FlaSetup(True, f"no fla wheel in {where}; using the installed {msg}",
+                            version=version, fn=fn)
+        return FlaSetup(False, f"fla rows skipped: no fla wheel in {where} and the installed "
+                        f"one fails: {msg}")
+    return FlaSetup(False, f"fla rows skipped: no fla_core-*.whl / flash_linear_attention-*.whl "
+                    f"in {where} (get them with: pip download --no-deps {FLA_PINS} -d .whl)")
+
+
+# ---------------------------------------------------------------- kernel checks, pytest
+
+
+def _child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [str(PACKAGE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+def _run(cmd: list[str], timeout: float, cwd: Path) -> tuple[int | None, str]:
+    """Run ``cmd`` in its own process group with ``PYTHONPATH`` set to the checkout;
+    ``(returncode or None on timeout, stdout + stderr)``. On timeout the whole group is
+    killed (pytest's own subprocesses included)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_child_env(), cwd=str(cwd), start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=timeout)
+        return proc.returncode, output
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        output, _ = proc.communicate()
+        return None, output
+
+
+def _kernel_check_child(out_file: str, quick: bool) -> None:
+    """Subprocess body: run the CUDA kernel checks and write their rows as JSON."""
+    import torch
+
+    from .kernel_check import run_kernel_checks
+    from .kernels_speed import jsonable
+
+    rows = run_kernel_checks("cuda", [torch.float32, torch.bfloat16], quick=quick)
+    Path(out_file).write_text(json.dumps(jsonable(rows)))
+
+
+def run_kernel_checks_subprocess(quick: bool, timeout: float) -> dict:
+    """``{"status": passed|failed|error|timeout, "rows", "summary", "message", "seconds"}``."""
+    t0 = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="atlas-kc-") as tmp:
+        out_file = Path(tmp) / "rows.json"
+        code = ("import sys; from atlas_search.bench.gpu_check import _kernel_check_child as f; "
+                "f(sys.argv[1], sys.argv[2] == '1')")
+        cmd = [sys.executable, "-c", code, str(out_file), "1" if quick else "0"]
+        rc, output = _run(cmd, timeout, PACKAGE_ROOT)
+        secs = time.monotonic() - t0
+        if rc is None:
+            return {"status": "timeout", "rows": [], "summary": [], "seconds": secs,
+                    "message": f"timed out after {timeout:.0f}s"}
+        if rc != 0 or not out_file.exists():
+            tail = output.strip().splitlines()[-15:]
+            return {"status": "error", "rows": [], "summary": [], "seconds": secs,
+                    "message": f"exit {rc}: " + "\n".join(tail)}
+        rows = json.loads(out_file.read_text())
+    bad = [r for r in rows if not r.get("ok")]
+    summary: dict[tuple[str, str], dict] = {}
+    for r in rows:
+        key = (str(r.get("dtype")), str(r.get("quantity")))
+        s = summary.setdefault(key, {"dtype": key[0], "quantity": key[1], "max_error": 0.0,
+                                     "budget": r.get("budget"), "rows": 0, "failed": 0})
+        err = r.get("error")
+        err = float(err) if isinstance(err, (int, float, str)) else float("nan")
+        s["max_error"] = max(s["max_error"], err) if err == err else err
+        s["rows"] += 1
+        s["failed"] += 0 if r.get("ok") else 1
+    return {"status": "failed" if bad else "passed", "rows": rows,
+            "summary": list(summary.values()), "seconds": secs,
+            "message": f"{len(rows) - len(bad)}/{len(rows)} rows within budget"}
+
+
+PYTEST_DESELECT = "not interpreter_subprocess"
+"""``-k`` of the GPU test run: the test that reruns the CPU params in a Triton-interpreter
+subprocess is CPU CI's job (minutes); ``--pytest-all`` keeps it."""
+
+
+def run_pytest(repo: Path, timeout: float, out_file: Path | None, run_all: bool = False
+               ) -> dict:
+    """``pytest -q tests/test_ops_triton.py [-k PYTEST_DESELECT]`` in a subprocess;
+    ``{"status": passed|failed|timeout|skipped, "returncode", "summary", "message",
+    "seconds", "command"}``."""
+    test = repo / "tests" / "test_ops_triton.py"
+    if not test.exists():
+        return {"status": "skipped", "message": f"no {test} (not a checkout)", "seconds": 0.0}
+    if importlib.util.find_spec("pytest") is None:
+        return {"status": "skipped", "message": "pytest is not installed", "seconds": 0.0}
+    t0 = time.monotonic()
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(test)]
+    if not run_all:
+        cmd += ["-k", PYTEST_DESELECT]
+    rc, output = _run(cmd, timeout, repo)
+    command = " ".join(cmd[1:])
+    secs = time.monotonic() - t0
+    if out_file is not None:
+        out_file.write_text(output)
+    lines = [ln for ln in output.strip().splitlines() if ln.strip()]
+    summary = lines[-1] if lines else ""
+    if rc is None:
+        return {"status": "timeout", "returncode": None, "summary": summary, "seconds": secs,
+                "message": f"timed out after {timeout:.0f}s (--pytest-timeout)",
+                "command": command}
+    status = "passed" if rc == 0 else "failed"
+    return {"status": status, "returncode": rc, "summary": summary, "seconds": secs,
+            "message": summary, "tail": lines[-30:] if rc else [], "command": command}
+
+
+# ---------------------------------------------------------------- the check
+
+
+@dataclass
+class Options:
+    out: Path
+    fla_wheels: Path | None = None
+    budget_s: float = TOTAL_BUDGET_S
+    pytest_timeout: float | None = None
+    skip_pytest: bool = False
+    pytest_all: bool = False
+    skip_kernel_checks: bool = False
+    full_kernel_checks: bool = False
+    quick: bool = False
+    bench_overrides: dict = field(default_factory=dict)
+
+
+def _say(msg: str, t0: float) -> None:
+    print(f"[{time.monotonic() - t0:6.1f}s] {msg}", flush=True)
+
+
+def require_cuda() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        build = f"CUDA {torch.version.cuda}" if torch.version.cuda else "a CPU-only build"
+        raise NoCuda(f"no CUDA device visible (torch {torch.__version__}, {build}); the GPU "
+                     "check needs one. On CPU run `atlas-search bench` (torch and reference "
+                     "backends).")
+
+
+def run_gpu_check(opts: Options) -> int:
+    """Run every step, write the files, return the exit status (raises :class:`NoCuda`)."""
+    t0 = time.monotonic()
+    require_cuda()
+    from . import kernels_speed as ks
+
+    opts.out.mkdir(parents=True, exist_ok=True)
+    deadline = t0 + opts.budget_s
+    report: dict = {"check": "atlas-search gpu_check", "budget_s": opts.budget_s}
+
+    dirs = [opts.fla_wheels] if opts.fla_wheels else None
+    fla = prepare_fla(dirs)
+    report["fla"] = fla.info()
+    _say(fla.message, t0)
+    report["environment"] = ks.environment("cuda", fla.version)
+    env = report["environment"]
+    _say(f"{env['device_name']}: torch {env['torch']} (CUDA {env['cuda']}), triton "
+         f"{env['triton']}, fla {env['fla']}", t0)
+
+    if opts.skip_kernel_checks:
+        kc = {"status": "skipped", "message": "--skip-kernel-checks", "rows": [], "seconds": 0.0}
+    else:
+        timeout = min(KERNEL_CHECK_TIMEOUT_S, max(30.0, deadline - time.monotonic() - 240.0))
+        _say(f"kernel checks (triton vs float64 reference, fp32 + bf16, "
+             f"{'full' if opts.full_kernel_checks else 'quick'} grid, timeout {timeout:.0f}s)",
+             t0)
+        kc = run_kernel_checks_subprocess(not opts.full_kernel_checks, timeout)
+    report["kernel_checks"] = kc
+    _say(f"kernel checks: {kc['status']}: {kc['message']}", t0)
+    for s in kc.get("summary", []):
+        flag = "ok  " if not s["failed"] else "FAIL"
+        print(f"    {flag} {s['dtype']:9s} {s['quantity']:12s} max rel err "
+              f"{s['max_error']:.2e} (budget {s['budget']:g}), {s['rows']} rows", flush=True)
+    bad = [r for r in kc.get("rows", []) if not r.get("ok")]
+    for r in bad[:10]:
+        print(f"    FAIL {r.get('case')} {r.get('dtype')} {r.get('quantity')}: error "
+              f"{r.get('error')} > {r.get('budget')} {r.get('note', '')}", flush=True)
+    if len(bad) > 10:
+        print(f"    ... {len(bad) - 10} more failing rows in gpu_check.json", flush=True)
+
+    if opts.skip_pytest:
+        pt = {"status": "skipped", "message": "--skip-pytest", "seconds": 0.0}
+    else:
+        left = deadline - time.monotonic()
+        timeout = opts.pytest_timeout or max(30.0, left - BENCH_RESERVE_S)
+        sel = "" if opts.pytest_all else f" -k '{PYTEST_DESELECT}'"
+        _say(f"pytest -q tests/test_ops_triton.py{sel} (timeout {timeout:.0f}s)", t0)
+        pt = run_pytest(PACKAGE_ROOT, timeout, opts.out / "pytest.txt", opts.pytest_all)
+    report["pytest"] = pt
+    _say(f"pytest: {pt['status']}: {pt['message']}", t0)
+
+    bench_budget = max(60.0, deadline - time.monotonic() - 15.0)
+    settings = ks.default_settings("cuda", quick=opts.quick, budget_s=bench_budget,
+                                   **opts.bench_overrides)
+    _say(f"benchmark (budget {bench_budget:.0f}s): T {list(settings.ts)}, head dims "
+         f"{list(settings.head_dims)}, {settings.tokens} tokens, {settings.dtype}", t0)
+    try:
+        bench = ks.run_bench(settings, fla=fla.as_loaded() if fla.available else
+                             (None, None, fla.message.removeprefix("fla rows skipped: ")))
+    except Exception as exc:  # noqa: BLE001 - reported in the JSON, the check fails
+        bench = {"error": f"{type(exc).__name__}: {exc}"}
+    report["bench"] = bench
+    if "error" not in bench:
+        text = ks.format_text(bench)
+        (opts.out / "bench_table.txt").write_text(text + "\n")
+        (opts.out / "bench_table.md").write_text(ks.format_markdown(bench))
+        print("\n" + text + "\n", flush=True)
+    report["acceptance"] = bench.get("acceptance")
+
+    failures = []
+    if kc["status"] not in ("passed", "skipped"):
+        failures.append(f"kernel checks {kc['status']}: {kc['message']}")
+    if pt["status"] not in ("passed", "skipped"):
+        failures.append(f"pytest {pt['status']}: {pt['message']}")
+    if "error" in bench:
+        failures.append(f"benchmark error: {bench['error']}")
+    for key, v in (bench.get("acceptance") or {}).items():
+        if v["ok"] is False:
+            failures.append(f"acceptance {key} failed: {v['note']}")
+    report["failures"] = failures
+    report["ok"] = not failures
+    report["exit_code"] = EXIT_FAILED if failures else EXIT_OK
+    report["elapsed_s"] = time.monotonic() - t0
+    (opts.out / "gpu_check.json").write_text(json.dumps(ks.jsonable(report), indent=1) + "\n")
+    _say(f"wrote {opts.out / 'gpu_check.json'}, bench_table.txt, bench_table.md", t0)
+    for f in failures:
+        print(f"FAILED: {f}", flush=True)
+    print("GPU check " + ("passed" if not failures else f"failed ({len(failures)})"), flush=True)
+    return report["exit_code"]
+
+
+def _ints(text: str) -> list[int]:
+    out = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        if part:
+            mult = 1024 if part.endswith("k") else 1
+            out.append(int(part.removesuffix("k")) * mult)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlas_search.bench.gpu_check",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, required=True, help="folder for the JSON and tables")
+    ap.add_argument("--fla-wheels", type=Path, default=None,
+                    help="folder with fla_core-*.whl (default: <repo>/.whl, <repo>, its parent)")
+    ap.add_argument("--budget-s", type=float, default=TOTAL_BUDGET_S,
+                    help="seconds for the whole check (default %(default)s)")
+    ap.add_argument("--pytest-timeout", type=float, default=None,
+                    help="default: what the budget leaves after a reserve for the benchmark")
+    ap.add_argument("--skip-pytest", action="store_true")
+    ap.add_argument("--pytest-all", action="store_true",
+                    help="also the CPU-interpreter subprocess test (minutes; CPU CI runs it)")
+    ap.add_argument("--skip-kernel-checks", action="store_true")
+    ap.add_argument("--full-kernel-checks", action="store_true",
+                    help="the whole kernel-check grid (default: the quick one)")
+    ap.add_argument("--quick", action="store_true", help="a smaller benchmark grid")
+    ap.add_argument("--T", dest="ts", type=_ints, default=None, help="e.g. 2k,4k,8k,16k")
+    ap.add_argument("--head-dim", dest="head_dims", type=_ints, default=None, help="e.g. 64,128")
+    ap.add_argument("--tokens", type=int, default=None, help="B*T (default 32768)")
+    ap.add_argument("--repeats", type=int, default=None)
+    args = ap.parse_args(argv)
+    overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in
+                 {"ts": args.ts, "head_dims": args.head_dims, "tokens": args.tokens,
+                  "repeats": args.repeats}.items() if v is not None}
+    opts = Options(out=args.out, fla_wheels=args.fla_wheels, budget_s=args.budget_s,
+                   pytest_timeout=args.pytest_timeout, skip_pytest=args.skip_pytest,
+                   pytest_all=args.pytest_all,
+                   skip_kernel_checks=args.skip_kernel_checks,
+                   full_kernel_checks=args.full_kernel_checks, quick=args.quick,
+                   bench_overrides=overrides)
+    try:
+        return run_gpu_check(opts)
+    except NoCuda as exc:
+        print(f"gpu_check: {exc}", file=sys.stderr, flush=True)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

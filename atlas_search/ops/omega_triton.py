@@ -1,0 +1,994 @@
+"""Triton backend of the linear-memory Omega rule (DESIGN.md §2, "chunk-parallel form").
+
+``omega_linear(..., backend="triton")`` (and ``"auto"`` on CUDA) lands here for optimizers
+``gd`` and ``momentum``, objectives ``l2`` and ``dot``, any window ``c >= 1``, any chunk
+size ``b >= 1``, retention ``alpha`` and any ``T`` (a partial last chunk included).
+
+Split of the work (the same maths as ``omega_linear._omega_torch``):
+
+* **PyTorch** pads the sequence to ``NT = ceil(T / b)`` chunks of ``b`` tokens and builds
+  the small per-chunk coefficient tensors from the gates exactly as ``_omega_torch`` does
+  (``cumprod``, ``_decay_matrix``, the band mask ``W[n, i] = gamma_i [i in window(n)]``,
+  times ``eta``): ``A [b]``, ``C`` (gd) or ``C_M`` (momentum) ``[b, N]`` with
+  ``N = b + c - 1``, ``Bm [b]``, and the chunk-end coefficients ``A_end, Bm_end, Th_end``
+  (scalars) and ``c_end`` / ``cM_end``, ``cS_end`` ``[N]``, taken from the last *real*
+  token of each chunk (padding with ``alpha = 1, eta = 0`` is not a no-op for momentum,
+  ``M_t = alpha M + S_t``, so the partial last chunk is handled by this gather, not by the
+  padding). Gate gradients come from torch autograd through these constructions. The
+  window rows ``K_I, V_I`` of each chunk (``c - 1`` halo tokens before it, from the initial
+  :class:`OmegaState` or zeros with ``gamma = 0``) are made with ``unfold``, so autograd
+  sums the gradients of the overlapping halos.
+* **Triton** (:class:`_ChunkScan`, a ``torch.autograd.Function``) runs the sequential
+  scan over chunks. With ``M_s`` (``S_s``) the state at the chunk start (the anchor,
+  DESIGN.md §2: ``t' = b floor((t-1)/b)``) and ``E = K_I M_s - V_I`` (l2) or ``-V_I`` (dot)::
+
+      gd:       O = diag(A) Q M_s - (C ∘ Q K_I^T) E ;  M_end = A_end M_s - K_I^T (c_end ∘ E)
+      momentum: O = diag(A) Q M_s + diag(Bm) Q S_s - (C_M ∘ Q K_I^T) E
+                M_end = A_end M_s + Bm_end S_s - K_I^T (cM_end ∘ E)
+                S_end = Th_end S_s - K_I^T (cS_end ∘ E)
+
+  (``x ∘ E`` scales row ``n`` of ``E`` by ``x[n]``). One program per (batch*head, ``Dv``
+  column block): for l2, ``E = K M - V`` contracts over ``Dk`` only, so each column block
+  of ``M`` evolves independently and the gates are per head. The program holds its
+  ``[BK, BV]`` block of ``M`` (and ``S``) in registers and loops over the chunks.
+  Backward recomputes rather than stores: a state kernel reruns the forward scan and
+  writes every chunk-start ``M_s`` (``S_s``) to a temporary buffer, then a reverse kernel
+  carries ``dM`` (``dS``) from the last chunk to the first. Per chunk, with
+  ``P = C ∘ Q K_I^T``::
+
+      dE   = -P^T dO - diag(c_end) K_I dM_end [- diag(cS_end) K_I dS_end]
+      dM_s = A_end dM_end + Q^T diag(A) dO [+ K_I^T dE (l2)]
+      dS_s = Bm_end dM_end + Th_end dS_end + Q^T diag(Bm) dO
+      dV_I = -dE ;  dP = -dO E^T ;  dQK = C ∘ dP ;  dC = dP ∘ Q K_I^T
+      dQ   = dQK K_I + diag(A) dO M_s^T [+ diag(Bm) dO S_s^T]
+      dK_I = dQK^T Q - (c_end ∘ E) dM_end^T [- (cS_end ∘ E) dS_end^T] [+ dE M_s^T (l2)]
+      dA[t] = <dO_t, (Q M_s)_t> ;  dBm[t] = <dO_t, (Q S_s)_t>
+      dA_end = <dM_end, M_s> ;  dBm_end = <dM_end, S_s> ;  dTh_end = <dS_end, S_s>
+      dc_end[n] = -<E_n, (K_I dM_end)_n> ;  dcS_end[n] = -<E_n, (K_I dS_end)_n>
+
+  Quantities that sum over ``Dv`` (``dQ, dK_I, dC, dA, dBm`` and the chunk-end ones) are
+  written per column block and summed in torch; ``dV_I`` and ``dM_0`` are per block.
+
+Choices:
+
+* Blocks: ``BK = max(16, next_pow2(Dk))``, ``BL = max(16, next_pow2(b))``,
+  ``BN = max(16, next_pow2(b + c - 1))`` (``tl.dot`` needs every dimension >= 16 when
+  compiled), masks for the padding, int64 offsets. ``BV``: 16 under the interpreter (one
+  fixed small config); on CUDA the forward is autotuned over ``BV in {16, 32, 64}``
+  (capped at ``max(16, next_pow2(Dv))``) x ``num_warps in {2, 4}``, the backward uses
+  ``BV = min(64, max(16, next_pow2(Dv)))`` (its partial-sum buffers are sized by the
+  number of column blocks) and is autotuned over ``num_warps in {2, 4, 8}``.
+  Supported sizes: ``Dk <= 256`` and ``b + c - 1 <= 256`` (larger runs the torch backend).
+* Dtypes: ``q, k, v`` may be fp16, bf16, fp32 or fp64. The computation dtype is fp64 for
+  fp64 inputs, else fp32 (coefficients are built in it, every kernel load is converted to
+  it; for fp32/fp64 ``tl.dot`` uses ``input_precision="ieee"``, so fp32 runs meet fp32
+  budgets; for bf16/fp16 the ``tl.dot`` operands are cast to the input dtype (tensor cores)
+  with fp32 accumulation and fp32 states, as in fla; see :func:`_lowp`). ``O`` is
+  stored in ``q``'s dtype; states are kept in the computation dtype inside the kernels and
+  returned in the dtype of the initial memory (as the torch backend does).
+* Fallback (every one runs ``_omega_torch``, never raises): muon (Newton-Schulz stays the
+  batched torch path by design, no warning), an empty sequence (no warning), a continued
+  :class:`OmegaState` whose position is not a multiple of ``b``, an unsupported size or
+  dtype, Triton not importable, CPU tensors without ``TRITON_INTERPRET=1``, a Triton
+  imported in the other mode (see below), a compile/launch error. With
+  ``backend="triton"`` each reason warns once per process. ``"auto"`` uses Triton only for
+  CUDA tensors in compiled mode (never the interpreter) and warns only for a
+  compile/launch error (once; a real failure, not a choice). A failure of the backward
+  kernels warns once and recomputes the gradients with the same chunk recurrence in torch
+  (:func:`_backward_torch` over :func:`_scan_torch`).
+* Interpreter: Triton fixes interpreter vs compiled mode when it is *first imported*
+  (its standard library, e.g. ``tl.sum``, is decorated then), so ``TRITON_INTERPRET=1``
+  must be set before anything imports triton, and be still set when the op runs. Then
+  ``backend="triton"`` runs the kernels in the interpreter, for CPU (and CUDA) tensors.
+  A process that imported triton in one mode and asks for the other falls back (warning).
+* Debugging: set ``omega_triton.NAN_FILL = True`` (or the environment variable
+  ``ATLAS_TRITON_NAN_FILL=1``) to allocate every kernel output buffer with NaN, so memory
+  a kernel forgets to write is caught. ``stats`` counts successful kernel passes.
+* No double backward (the Function is ``once_differentiable``).
+"""
+
+import functools
+import os
+import warnings
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.autograd.function import once_differentiable
+
+from .omega_linear import _blocks, _decay_matrix, _new_halo, _State
+
+NAN_FILL = False
+MAX_DK = 256
+MAX_WINDOW_ROWS = 256  # b + c - 1
+INTERPRET_BV = 16
+_TRUE = ("1", "true", "on", "yes")
+_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+stats = {"forward": 0, "backward": 0}  # successful kernel passes (tests check the path ran)
+_WARNED: set[str] = set()
+_BROKEN: set[tuple] = set()  # cases whose kernels failed to compile/launch (torch from then)
+
+triton = None  # bound by _kernels(): the kernels resolve ``tl`` in this module's globals
+tl = None
+
+
+class _KernelError(RuntimeError):
+    """A Triton compile or launch failure (caught by the dispatcher: torch fallback)."""
+
+
+def _warn_once(reason: str, msg: str) -> None:
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(
+            f"omega_linear backend 'triton': {msg}; using the torch backend",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _env_interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
+
+
+def _nan_fill() -> bool:
+    return NAN_FILL or os.environ.get("ATLAS_TRITON_NAN_FILL", "0").strip().lower() in _TRUE
+
+
+def _empty(shape, dtype, device) -> Tensor:
+    if _nan_fill():
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+_TRITON: tuple[object, str] | Exception | None = None
+
+
+def _load_triton() -> tuple[object, str]:
+    """``(triton, mode)``, mode ``"interpret"`` or ``"compiled"``: the mode triton was first
+    imported in (fixed for the process). Raises (ImportError, ...) when triton cannot be
+    imported; the outcome is remembered for the process."""
+    global _TRITON
+    if _TRITON is None:
+        try:
+            import triton as _triton
+            import triton.language as _tl
+
+            interp = type(_tl.sum).__name__ == "InterpretedFunction"
+            _TRITON = (_triton, "interpret" if interp else "compiled")
+        except Exception as exc:  # ImportError, or a broken install
+            _TRITON = exc
+    if isinstance(_TRITON, Exception):
+        raise _TRITON
+    return _TRITON
+
+
+def _lowp(q: Tensor, interpret: bool) -> bool:
+    """bf16/fp16 inputs: ``tl.dot`` operands in that dtype (tensor cores), fp32 accumulation
+    and fp32 states, as flash-linear-attention does; fp32/fp64 inputs: operands in the
+    computation dtype with ``input_precision="ieee"`` (no TF32), so fp32 meets fp32 budgets.
+    Under the interpreter bf16 operands stay fp32: Triton 3.9's interpreter returns garbage
+    for a bf16 ``tl.dot`` (checked: a 16x16 product off by 1e10), so on CPU the low-precision
+    operand path is exercised with fp16."""
+    if q.dtype == torch.float16:
+        return True
+    return q.dtype == torch.bfloat16 and not interpret
+
+
+def _np2(n: int) -> int:
+    return max(16, 1 << max(0, (n - 1).bit_length()))
+
+
+# ----------------------------------------------------------------------------- dispatch
+
+
+def run(
+    backend: str,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    alpha: Tensor,
+    eta: Tensor,
+    gamma: Tensor,
+    theta: Tensor,
+    st: _State,
+    c: int,
+    b: int,
+    optimizer: str,
+    objective: str,
+) -> tuple[Tensor, _State] | None:
+    """Run the Triton path on head-major inputs ``[B, H, T, ...]`` if ``backend``
+    (``"triton"`` or ``"auto"``) and the case allow it; ``None`` means "use the torch
+    backend" (after a once-per-reason warning when ``backend == "triton"``)."""
+    explicit = backend == "triton"
+
+    def no(reason: str, msg: str) -> None:
+        if explicit:
+            _warn_once(reason, msg)
+        return None
+
+    if optimizer not in ("gd", "momentum") or q.shape[2] == 0:
+        return None  # muon: batched torch Newton-Schulz by design; empty: nothing to do
+    if not explicit and not q.is_cuda:
+        return None  # auto: Triton only for CUDA tensors (no import, no warning)
+    if st.position % b:
+        return no(
+            "unaligned",
+            f"a continued state at position {st.position} is not on a "
+            f"chunk boundary (chunk size {b}); the kernel starts chunks at multiples of b",
+        )
+    dk = q.shape[-1]
+    if dk > MAX_DK or b + c - 1 > MAX_WINDOW_ROWS:
+        return no(
+            "shape",
+            f"Dk={dk}, b+c-1={b + c - 1} exceed the kernel limits "
+            f"(Dk <= {MAX_DK}, b+c-1 <= {MAX_WINDOW_ROWS})",
+        )
+    if q.dtype not in _DTYPES or any(x.dtype != q.dtype for x in (k, v)):
+        return no("dtype", f"unsupported dtypes {q.dtype}, {k.dtype}, {v.dtype}")
+    env = _env_interpret()
+    if not q.is_cuda and not env:
+        return no(
+            "cpu",
+            "CPU tensors need the Triton interpreter (set TRITON_INTERPRET=1 "
+            "before triton is first imported)",
+        )
+    try:
+        _, mode = _load_triton()
+    except Exception as exc:  # ImportError, or a broken install
+        return no("import", f"triton is not importable ({exc!r})")
+    if (mode == "interpret") != env:
+        return no(
+            "mode",
+            f"triton was imported in {mode} mode but TRITON_INTERPRET is "
+            f"{'set' if env else 'unset'} now (the mode is fixed at first import)",
+        )
+    if not explicit and mode == "interpret":
+        return None  # auto never picks the (slow) interpreter
+    key = _case_key(q, v, b, c, optimizer, objective)
+    if key in _BROKEN:
+        return None  # failed before (and warned): do not recompile on every call
+    try:
+        return _forward(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective)
+    except _KernelError as exc:  # a real failure: warned even under "auto"
+        _BROKEN.add(key)
+        _warn_once("launch", f"kernel compile/launch failed ({exc.__cause__!r})")
+        return None
+
+
+def _case_key(q: Tensor, v: Tensor, b: int, c: int, optimizer: str, objective: str) -> tuple:
+    return (q.device.type, q.dtype, q.shape[-1], v.shape[-1], b, c, optimizer, objective)
+
+
+def _forward(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective):
+    """Build the coefficients (torch, autocast off: gate products stay in the computation
+    dtype), run :class:`_ChunkScan`, assemble the state."""
+    with torch.autocast(q.device.type, enabled=False):
+        return _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective)
+
+
+def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective):
+    bsz, nh, t_len, dk = q.shape
+    dv = v.shape[-1]
+    hl = c - 1
+    nt = -(-t_len // b)
+    pad = nt * b - t_len
+    n = b + hl
+    cd = torch.float64 if q.dtype == torch.float64 else torch.float32
+    momentum = optimizer == "momentum"
+
+    qb = F.pad(q, (0, 0, 0, pad)).reshape(bsz, nh, nt, b, dk)
+    kx = torch.cat([st.halo_k, F.pad(k, (0, 0, 0, pad))], dim=2)
+    vx = torch.cat([st.halo_v, F.pad(v, (0, 0, 0, pad))], dim=2)
+    gx = torch.cat([st.halo_gamma, F.pad(gamma, (0, pad))], dim=2).to(cd)
+    kw = _blocks(kx, 0, nt, n, b)  # [B,H,NT,N,Dk]
+    vw = _blocks(vx, 0, nt, n, b)
+    gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N]
+    al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
+    et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
+
+    idx_t = torch.arange(b, device=q.device)[:, None]
+    idx_i = torch.arange(n, device=q.device)[None, :]
+    band = (idx_i <= idx_t + hl) & (idx_i >= idx_t)
+    ew = et.unsqueeze(-1) * (gw.unsqueeze(-2) * band.to(cd))  # eta * W  [B,H,NT,b,N]
+    cum_a = torch.cumprod(al, dim=-1)
+    dec_a = _decay_matrix(al)
+    # the last real token of every chunk
+    last = torch.full((nt,), b - 1, dtype=torch.long, device=q.device)
+    last[-1] = (t_len - 1) % b
+    li = last.view(1, 1, nt, 1).expand(bsz, nh, nt, 1)
+    lin = last.view(1, 1, nt, 1, 1).expand(bsz, nh, nt, 1, n)
+
+    def end(x: Tensor) -> Tensor:
+        return x.gather(3, li).squeeze(3)
+
+    def end_row(x: Tensor) -> Tensor:
+        return x.gather(3, lin).squeeze(3)
+
+    if momentum:
+        th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
+        dec_th = _decay_matrix(th)
+        cum_th = torch.cumprod(th, dim=-1)
+        c_s = dec_th @ ew
+        c_m = dec_a @ c_s
+        b_m = (dec_a @ cum_th.unsqueeze(-1)).squeeze(-1)
+        extra = (b_m, end(b_m), end(cum_th), end_row(c_s))
+        s0 = st.momentum
+    else:
+        c_m = dec_a @ ew
+        extra = (None, None, None, None)
+        s0 = None
+    bm, bm_end, th_end, cs_end = extra
+    m0 = st.memory
+    o, m_fin, s_fin, m_anchor = _ChunkScan.apply(
+        qb,
+        kw,
+        vw,
+        cum_a,
+        c_m,
+        bm,
+        end(cum_a),
+        bm_end,
+        th_end,
+        end_row(c_m),
+        cs_end,
+        m0,
+        s0,
+        objective == "l2",
+    )
+    o = o.reshape(bsz, nh, nt * b, dv)[:, :, :t_len]
+    m_fin = m_fin.to(m0.dtype)
+    anchor = m_fin if t_len % b == 0 else m_anchor.to(m0.dtype)
+    new = _State(
+        m_fin,
+        s_fin.to(s0.dtype) if momentum else None,
+        anchor,
+        _new_halo(st.halo_k, k),
+        _new_halo(st.halo_v, v),
+        _new_halo(st.halo_gamma, gamma),
+        st.position + t_len,
+    )
+    return o, new
+
+
+# ----------------------------------------------------------------------------- autograd
+
+
+def _flat(x: Tensor | None, dtype=None) -> Tensor | None:
+    """``[B, H, ...] -> [B*H, ...]`` contiguous (optionally converted)."""
+    if x is None:
+        return None
+    x = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+    return (x if dtype is None else x.to(dtype)).contiguous()
+
+
+class _ChunkScan(torch.autograd.Function):
+    """Chunk scan of DESIGN.md §2 (module docstring). Inputs ``[B, H, ...]``: ``q
+    [NT, b, Dk]``, ``k, v [NT, N, Dk|Dv]`` (window rows), ``a [NT, b]``, ``c [NT, b, N]``,
+    ``bm [NT, b]``, ``ae, be, te [NT]``, ``ce, cse [NT, N]``, ``m0, s0 [Dk, Dv]`` (``bm,
+    be, te, cse, s0`` are ``None`` for gd). Returns ``o [B, H, NT, b, Dv]`` (q's dtype),
+    the final ``M`` and ``S`` and the start state of the last chunk (computation dtype;
+    ``S`` is an empty tensor for gd)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
+        bsz, nh = q.shape[:2]
+        cd = a.dtype
+        mom = s0 is not None
+        flat = [_flat(x) for x in (q, k, v)]
+        coef = [_flat(x, cd) for x in (a, c, bm, ae, be, te, ce, cse)]
+        st0 = [
+            _flat(m0.expand(bsz, nh, *m0.shape[2:]), cd),
+            None if s0 is None else _flat(s0.expand(bsz, nh, *s0.shape[2:]), cd),
+        ]
+        o, mf, sf, man = _launch_forward(*flat, *coef, *st0, mom, l2)
+        ctx.save_for_backward(*flat, *[x for x in coef if x is not None], *st0[: 1 + mom])
+        ctx.meta = (
+            bsz,
+            nh,
+            mom,
+            l2,
+            m0.dtype,
+            None if s0 is None else s0.dtype,
+            [x is not None for x in coef],
+        )
+        shape = (bsz, nh)
+        sf_out = sf.view(*shape, *sf.shape[1:]) if mom else mf.new_zeros(0)
+        return (
+            o.view(*shape, *o.shape[1:]),
+            mf.view(*shape, *mf.shape[1:]),
+            sf_out,
+            man.view(*shape, *man.shape[1:]),
+        )
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, do, dmf, dsf, dman):
+        bsz, nh, mom, l2, m_dt, s_dt, present = ctx.meta
+        saved = list(ctx.saved_tensors)
+        q, k, v = saved[:3]
+        it = iter(saved[3:])
+        coef = [next(it) if p else None for p in present]
+        m0 = next(it)
+        s0 = next(it) if mom else None
+        cd = m0.dtype
+
+        def flat_grad(g, like):
+            if g is None or g.numel() == 0:
+                return torch.zeros_like(like)
+            return _flat(g, cd)
+
+        do_f = (
+            torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
+            if do is None
+            else _flat(do)
+        )
+        dmf_f = flat_grad(dmf, m0)
+        dsf_f = flat_grad(dsf, m0) if mom else None
+        dman_f = flat_grad(dman, m0)
+        try:
+            grads = _launch_backward(q, k, v, *coef, m0, s0, do_f, dmf_f, dsf_f, dman_f, mom, l2)
+        except _KernelError as exc:
+            _warn_once(
+                "launch-backward",
+                f"backward kernel failed ({exc.__cause__!r}), "
+                "gradients recomputed with the torch chunk scan",
+            )
+            grads = _backward_torch(q, k, v, coef, m0, s0, do_f, dmf_f, dsf_f, dman_f, l2)
+        dq, dk, dv, da, dc, dbm, dae, dbe, dte, dce, dcse, dm0, ds0 = grads
+
+        def unflat(g, dtype):
+            return None if g is None else g.view(bsz, nh, *g.shape[1:]).to(dtype)
+
+        in_dt = q.dtype
+        return (
+            unflat(dq, in_dt),
+            unflat(dk, in_dt),
+            unflat(dv, in_dt),
+            unflat(da, cd),
+            unflat(dc, cd),
+            unflat(dbm, cd),
+            unflat(dae, cd),
+            unflat(dbe, cd),
+            unflat(dte, cd),
+            unflat(dce, cd),
+            unflat(dcse, cd),
+            unflat(dm0, m_dt),
+            unflat(ds0, s_dt),
+            None,
+        )
+
+
+# ----------------------------------------------------------------------------- torch twin
+
+
+def _scan_torch(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
+    """The chunk recurrence of :class:`_ChunkScan` in torch on flat ``[BH, ...]`` tensors
+    (computation dtype); returns ``o, M_end, S_end, M_s(last chunk)``."""
+    cd = m0.dtype
+    q, k, v = q.to(cd), k.to(cd), v.to(cd)
+    m, s = m0, s0
+    outs = []
+    anchor = m
+    for j in range(q.shape[1]):
+        anchor = m
+        qj, kj, vj = q[:, j], k[:, j], v[:, j]
+        e = kj @ m - vj if l2 else -vj
+        p = c[:, j] * (qj @ kj.transpose(-1, -2))
+        o = a[:, j, :, None] * (qj @ m) - p @ e
+        kt = kj.transpose(-1, -2)
+        m_new = ae[:, j, None, None] * m - kt @ (ce[:, j, :, None] * e)
+        if s is not None:
+            o = o + bm[:, j, :, None] * (qj @ s)
+            m_new = m_new + be[:, j, None, None] * s
+            s = te[:, j, None, None] * s - kt @ (cse[:, j, :, None] * e)
+        m = m_new
+        outs.append(o)
+    return torch.stack(outs, 1), m, s, anchor
+
+
+def _backward_torch(q, k, v, coef, m0, s0, do, dmf, dsf, dman, l2):
+    """Gradients of :func:`_scan_torch` by torch autograd (fallback of the backward)."""
+    leaves = [
+        x.detach().requires_grad_() if x is not None else None for x in (q, k, v, *coef, m0, s0)
+    ]
+    with torch.enable_grad():
+        o, m, s, man = _scan_torch(*leaves, l2)
+        outs, cots = [o, m, man], [do.to(o.dtype), dmf, dman]
+        if s is not None:
+            outs.append(s)
+            cots.append(dsf)
+        live = [x for x in leaves if x is not None]
+        got = iter(torch.autograd.grad(outs, live, cots, allow_unused=True))
+    grads = []
+    for x in leaves:
+        g = next(got) if x is not None else None
+        grads.append(torch.zeros_like(x) if (x is not None and g is None) else g)
+    return grads
+
+
+# ----------------------------------------------------------------------------- launches
+
+
+def _launch_forward(
+    q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2, write_o=True, write_states=False
+):
+    """Forward scan. Returns ``o, M_end, S_end, M_s(last)`` (+ the chunk-start states
+    ``Ms, Ss [BH, NT, Dk, Dv]`` when ``write_states``)."""
+    try:
+        kern = _kernels()
+        bh, nt, b, dk = q.shape
+        n, dv = k.shape[2], v.shape[-1]
+        cd, dev = m0.dtype, q.device
+        o = _empty((bh, nt, b, dv), q.dtype, dev) if write_o else m0.new_empty(1)
+        mf = _empty((bh, dk, dv), cd, dev)
+        sf = _empty((bh, dk, dv), cd, dev) if mom else mf
+        man = _empty((bh, dk, dv), cd, dev)
+        ms = _empty((bh, nt, dk, dv), cd, dev) if write_states else mf
+        ss = _empty((bh, nt, dk, dv), cd, dev) if (write_states and mom) else ms
+        dummy = a
+        args = (
+            q,
+            k,
+            v,
+            a,
+            c,
+            bm if mom else dummy,
+            ae,
+            be if mom else dummy,
+            te if mom else dummy,
+            ce,
+            cse if mom else dummy,
+            m0,
+            s0 if mom else m0,
+            o,
+            mf,
+            sf,
+            man,
+            ms,
+            ss,
+            nt,
+            b,
+            n,
+            dk,
+            dv,
+        )
+        consts = dict(
+            BL=_np2(b),
+            BN=_np2(n),
+            BK=_np2(dk),
+            MOMENTUM=mom,
+            L2=l2,
+            WRITE_O=write_o,
+            WRITE_STATES=write_states,
+            LOWP=_lowp(q, kern["interpret"]),
+        )
+        if kern["interpret"]:
+            bv = INTERPRET_BV
+            kern["fwd"][(bh, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
+        else:
+            cap = _np2(dv) if dv <= 64 else 64
+            fn = kern["fwd_tuned"](tuple(x for x in (16, 32, 64) if x <= cap))
+            fn[lambda meta: (bh, triton.cdiv(dv, meta["BV"]))](*args, **consts)
+    except Exception as exc:
+        raise _KernelError(str(exc)) from exc
+    stats["forward"] += 1
+    if write_states:
+        return o, mf, sf, man, ms, ss
+    return o, mf, sf, man
+
+
+def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, dsf, dman, mom, l2):
+    """State recomputation + reverse scan; returns the gradients of every input of
+    :func:`_scan_torch` (``None`` for the absent momentum ones)."""
+    _, _, _, _, ms, ss = _launch_forward(
+        q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2, write_o=False, write_states=True
+    )
+    try:
+        kern = _kernels()
+        bh, nt, b, dk = q.shape
+        n, dv = k.shape[2], v.shape[-1]
+        cd, dev = m0.dtype, q.device
+        bv = INTERPRET_BV if kern["interpret"] else min(64, _np2(dv))
+        nv = triton.cdiv(dv, bv)
+        dq = _empty((nv, bh, nt, b, dk), cd, dev)
+        dk_ = _empty((nv, bh, nt, n, dk), cd, dev)
+        dv_ = _empty((bh, nt, n, dv), cd, dev)
+        da = _empty((nv, bh, nt, b), cd, dev)
+        dc = _empty((nv, bh, nt, b, n), cd, dev)
+        dae = _empty((nv, bh, nt), cd, dev)
+        dce = _empty((nv, bh, nt, n), cd, dev)
+        dm0 = _empty((bh, dk, dv), cd, dev)
+        if mom:
+            dbm = _empty((nv, bh, nt, b), cd, dev)
+            dbe = _empty((nv, bh, nt), cd, dev)
+            dte = _empty((nv, bh, nt), cd, dev)
+            dcse = _empty((nv, bh, nt, n), cd, dev)
+            ds0 = _empty((bh, dk, dv), cd, dev)
+        else:
+            dbm = dbe = dte = dcse = ds0 = da
+        dummy = a
+        args = (
+            q,
+            k,
+            v,
+            a,
+            c,
+            bm if mom else dummy,
+            ae,
+            be if mom else dummy,
+            te if mom else dummy,
+            ce,
+            cse if mom else dummy,
+            ms,
+            ss,
+            do,
+            dmf,
+            dsf if mom else dmf,
+            dman,
+            dq,
+            dk_,
+            dv_,
+            da,
+            dc,
+            dbm,
+            dae,
+            dbe,
+            dte,
+            dce,
+            dcse,
+            dm0,
+            ds0,
+            nt,
+            b,
+            n,
+            dk,
+            dv,
+            bh,
+        )
+        consts = dict(
+            BL=_np2(b),
+            BN=_np2(n),
+            BK=_np2(dk),
+            BV=bv,
+            MOMENTUM=mom,
+            L2=l2,
+            LOWP=_lowp(q, kern["interpret"]),
+        )
+        if kern["interpret"]:
+            kern["bwd"][(bh, nv)](*args, **consts)
+        else:
+            kern["bwd_tuned"][(bh, nv)](*args, **consts)
+    except Exception as exc:
+        raise _KernelError(str(exc)) from exc
+    stats["backward"] += 1
+
+    def red(x):
+        return x.sum(0) if nv > 1 else x[0]
+
+    out = [red(dq), red(dk_), dv_, red(da), red(dc)]
+    out += [red(dbm) if mom else None, red(dae)]
+    out += [red(dbe), red(dte)] if mom else [None, None]
+    out += [red(dce), red(dcse) if mom else None, dm0, ds0 if mom else None]
+    return out
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@functools.cache
+def _kernels() -> dict:
+    """Define the Triton kernels (once per process, in the mode triton was imported in).
+    ``triton``/``tl`` are bound as module globals so both the compiler and the interpreter
+    resolve them from the kernels' ``__globals__``."""
+    global triton, tl
+    _triton, mode = _load_triton()
+    import triton.language as _tl
+
+    triton, tl = _triton, _tl
+
+    @triton.jit
+    def _omega_fwd(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        a_ptr,
+        c_ptr,
+        bm_ptr,
+        ae_ptr,
+        be_ptr,
+        te_ptr,
+        ce_ptr,
+        cse_ptr,
+        m0_ptr,
+        s0_ptr,
+        o_ptr,
+        mf_ptr,
+        sf_ptr,
+        man_ptr,
+        ms_ptr,
+        ss_ptr,
+        NT,
+        L,
+        N,
+        DK,
+        DV,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        BV: tl.constexpr,
+        MOMENTUM: tl.constexpr,
+        L2: tl.constexpr,
+        WRITE_O: tl.constexpr,
+        WRITE_STATES: tl.constexpr,
+        LOWP: tl.constexpr,
+    ):
+        # one program: one (batch*head, Dv column block); M (S) block in registers
+        i_bh = tl.program_id(0).to(tl.int64)
+        i_v = tl.program_id(1).to(tl.int64)
+        cd = m0_ptr.dtype.element_ty
+        dd = q_ptr.dtype.element_ty if LOWP else cd  # tl.dot operands (bf16/fp16: tensor cores)
+        ol = tl.arange(0, BL)
+        on = tl.arange(0, BN)
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        ml = ol < L
+        mn = on < N
+        mk = ok < DK
+        mv = ov < DV
+        mkv = mk[:, None] & mv[None, :]
+        st_off = i_bh * DK * DV + ok[:, None] * DV + ov[None, :]
+        m = tl.load(m0_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        if MOMENTUM:
+            s = tl.load(s0_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        for j in range(NT):
+            cj = i_bh * NT + j
+            kk = tl.load(
+                k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
+                mask=mn[:, None] & mk[None, :],
+                other=0.0,
+            ).to(cd)
+            vv = tl.load(
+                v_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
+                mask=mn[:, None] & mv[None, :],
+                other=0.0,
+            ).to(cd)
+            if WRITE_STATES:
+                tl.store(ms_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], m, mask=mkv)
+                if MOMENTUM:
+                    tl.store(ss_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], s, mask=mkv)
+            tl.store(man_ptr + st_off, m, mask=mkv & ((ok[:, None] * 0 + j) == NT - 1))
+            if L2:
+                e = tl.dot(kk.to(dd), m.to(dd), input_precision="ieee") - vv
+            else:
+                e = -vv
+            if WRITE_O:
+                qq = tl.load(
+                    q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
+                    mask=ml[:, None] & mk[None, :],
+                    other=0.0,
+                ).to(cd)
+                aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+                cc = tl.load(
+                    c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
+                    mask=ml[:, None] & mn[None, :],
+                    other=0.0,
+                ).to(cd)
+                qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
+                o = aa[:, None] * tl.dot(qq.to(dd), m.to(dd), input_precision="ieee")
+                o -= tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
+                if MOMENTUM:
+                    bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+                    o += bm[:, None] * tl.dot(qq.to(dd), s.to(dd), input_precision="ieee")
+                tl.store(
+                    o_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
+                    o.to(o_ptr.dtype.element_ty),
+                    mask=ml[:, None] & mv[None, :],
+                )
+            ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+            ae = tl.load(ae_ptr + cj).to(cd)
+            m_new = ae * m - tl.dot(
+                tl.trans(kk).to(dd), (ce[:, None] * e).to(dd), input_precision="ieee"
+            )
+            if MOMENTUM:
+                be = tl.load(be_ptr + cj).to(cd)
+                te = tl.load(te_ptr + cj).to(cd)
+                cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+                m_new += be * s
+                s = te * s - tl.dot(
+                    tl.trans(kk).to(dd), (cse[:, None] * e).to(dd), input_precision="ieee"
+                )
+            m = m_new
+        tl.store(mf_ptr + st_off, m, mask=mkv)
+        if MOMENTUM:
+            tl.store(sf_ptr + st_off, s, mask=mkv)
+
+    @triton.jit
+    def _omega_bwd(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        a_ptr,
+        c_ptr,
+        bm_ptr,
+        ae_ptr,
+        be_ptr,
+        te_ptr,
+        ce_ptr,
+        cse_ptr,
+        ms_ptr,
+        ss_ptr,
+        do_ptr,
+        dmf_ptr,
+        dsf_ptr,
+        dan_ptr,
+        dq_ptr,
+        dk_ptr,
+        dv_ptr,
+        da_ptr,
+        dc_ptr,
+        dbm_ptr,
+        dae_ptr,
+        dbe_ptr,
+        dte_ptr,
+        dce_ptr,
+        dcse_ptr,
+        dm0_ptr,
+        ds0_ptr,
+        NT,
+        L,
+        N,
+        DK,
+        DV,
+        BH,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        BV: tl.constexpr,
+        MOMENTUM: tl.constexpr,
+        L2: tl.constexpr,
+        LOWP: tl.constexpr,
+    ):
+        # reverse scan: dM (dS) block in registers, chunk-start states from ms/ss
+        i_bh = tl.program_id(0).to(tl.int64)
+        i_v = tl.program_id(1).to(tl.int64)
+        cd = ms_ptr.dtype.element_ty
+        dd = q_ptr.dtype.element_ty if LOWP else cd  # tl.dot operands (bf16/fp16: tensor cores)
+        ol = tl.arange(0, BL)
+        on = tl.arange(0, BN)
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        ml = ol < L
+        mn = on < N
+        mk = ok < DK
+        mv = ov < DV
+        mkv = mk[:, None] & mv[None, :]
+        mlk = ml[:, None] & mk[None, :]
+        mnk = mn[:, None] & mk[None, :]
+        mln = ml[:, None] & mn[None, :]
+        mnv = mn[:, None] & mv[None, :]
+        st_off = i_bh * DK * DV + ok[:, None] * DV + ov[None, :]
+        dm = tl.load(dmf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        if MOMENTUM:
+            ds = tl.load(dsf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        for jj in range(NT):
+            j = NT - 1 - jj
+            cj = i_bh * NT + j  # chunk index in [BH, NT]
+            pj = i_v * BH * NT + cj  # chunk index in the per-column-block partials
+            ms = tl.load(
+                ms_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0
+            ).to(cd)
+            qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0).to(
+                cd
+            )
+            kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :], mask=mnk, other=0.0).to(
+                cd
+            )
+            vv = tl.load(v_ptr + (cj * N + on[:, None]) * DV + ov[None, :], mask=mnv, other=0.0).to(
+                cd
+            )
+            do = tl.load(
+                do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
+                mask=ml[:, None] & mv[None, :],
+                other=0.0,
+            ).to(cd)
+            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            cc = tl.load(c_ptr + (cj * L + ol[:, None]) * N + on[None, :], mask=mln, other=0.0).to(
+                cd
+            )
+            ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+            ae = tl.load(ae_ptr + cj).to(cd)
+            if L2:
+                e = tl.dot(kk.to(dd), ms.to(dd), input_precision="ieee") - vv
+            else:
+                e = -vv
+            qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
+            p = cc * qk
+            kdm = tl.dot(kk.to(dd), dm.to(dd), input_precision="ieee")
+            de = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee") - ce[:, None] * kdm
+            dms = ae * dm + tl.dot(
+                tl.trans(qq).to(dd), (aa[:, None] * do).to(dd), input_precision="ieee"
+            )
+            dp = -tl.dot(do.to(dd), tl.trans(e).to(dd), input_precision="ieee")
+            dqk = cc * dp
+            dq = tl.dot(dqk.to(dd), kk.to(dd), input_precision="ieee")
+            dq += aa[:, None] * tl.dot(do.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
+            dk = tl.dot(tl.trans(dqk).to(dd), qq.to(dd), input_precision="ieee")
+            dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
+            qms = tl.dot(qq.to(dd), ms.to(dd), input_precision="ieee")
+            da = tl.sum(do * qms, axis=1)
+            dae = tl.sum(dm * ms)
+            dce = -tl.sum(e * kdm, axis=1)
+            if MOMENTUM:
+                ss = tl.load(
+                    ss_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0
+                ).to(cd)
+                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+                be = tl.load(be_ptr + cj).to(cd)
+                te = tl.load(te_ptr + cj).to(cd)
+                cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+                kds = tl.dot(kk.to(dd), ds.to(dd), input_precision="ieee")
+                de -= cse[:, None] * kds
+                dss = be * dm + te * ds
+                dss += tl.dot(
+                    tl.trans(qq).to(dd), (bm[:, None] * do).to(dd), input_precision="ieee"
+                )
+                dq += bm[:, None] * tl.dot(do.to(dd), tl.trans(ss).to(dd), input_precision="ieee")
+                dk -= tl.dot((cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee")
+                qss = tl.dot(qq.to(dd), ss.to(dd), input_precision="ieee")
+                tl.store(dbm_ptr + pj * L + ol, tl.sum(do * qss, axis=1), mask=ml)
+                tl.store(dbe_ptr + pj, tl.sum(dm * ss))
+                tl.store(dte_ptr + pj, tl.sum(ds * ss))
+                tl.store(dcse_ptr + pj * N + on, -tl.sum(e * kds, axis=1), mask=mn)
+                ds = dss
+            if L2:
+                dms += tl.dot(tl.trans(kk).to(dd), de.to(dd), input_precision="ieee")
+                dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
+            tl.store(dv_ptr + (cj * N + on[:, None]) * DV + ov[None, :], -de, mask=mnv)
+            tl.store(dq_ptr + (pj * L + ol[:, None]) * DK + ok[None, :], dq, mask=mlk)
+            tl.store(dk_ptr + (pj * N + on[:, None]) * DK + ok[None, :], dk, mask=mnk)
+            tl.store(dc_ptr + (pj * L + ol[:, None]) * N + on[None, :], dp * qk, mask=mln)
+            tl.store(da_ptr + pj * L + ol, da, mask=ml)
+            tl.store(dae_ptr + pj, dae)
+            tl.store(dce_ptr + pj * N + on, dce, mask=mn)
+            # the anchor output is the start state of the last chunk
+            last = (ok[:, None] * 0 + j) == NT - 1
+            dan = tl.load(dan_ptr + st_off, mask=mkv & last, other=0.0).to(cd)
+            dm = dms + dan
+        tl.store(dm0_ptr + st_off, dm, mask=mkv)
+        if MOMENTUM:
+            tl.store(ds0_ptr + st_off, ds, mask=mkv)
+
+    kern: dict = {"interpret": mode == "interpret", "fwd": _omega_fwd, "bwd": _omega_bwd}
+    if mode == "compiled":
+        key = ["L", "N", "DK", "DV"]
+
+        @functools.cache
+        def fwd_tuned(bvs: tuple[int, ...]):
+            cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in bvs for w in (2, 4)]
+            return triton.autotune(configs=cfgs, key=key)(_omega_fwd)
+
+        kern["fwd_tuned"] = fwd_tuned
+        kern["bwd_tuned"] = triton.autotune(
+            configs=[triton.Config({}, num_warps=w) for w in (2, 4, 8)], key=key
+        )(_omega_bwd)
+    return kern
+
+
+def reset_warnings() -> None:
+    """Forget which fallback reasons have warned and which cases failed to compile."""
+    _WARNED.clear()
+    _BROKEN.clear()
+
+
+def interpret_ready() -> bool:
+    """True when ``backend="triton"`` can run the kernels in the interpreter now."""
+    if not _env_interpret():
+        return False
+    try:
+        return _load_triton()[1] == "interpret"
+    except Exception:
+        return False
+
+
+__all__ = ["NAN_FILL", "interpret_ready", "reset_warnings", "run", "stats"]

@@ -1,0 +1,295 @@
+"""``atlas-search bench`` and the GPU check, on CPU: tiny sizes, real properties only."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from atlas_search.bench import gpu_check as gc
+from atlas_search.bench import kernels_speed as ks
+
+ROOT = Path(__file__).resolve().parents[1]
+CUDA = torch.cuda.is_available()
+RESULT_KEYS = {"benchmark", "environment", "settings", "impls", "rows", "ratios", "acceptance",
+               "skipped", "footnotes", "elapsed_s"}
+ROW_KEYS = {"impl", "window", "label", "head_dim", "T", "B", "H", "chunk", "dtype", "fwd_ms",
+            "fwd_bwd_ms", "fwd_tokens_per_s", "fwd_bwd_tokens_per_s", "status", "note"}
+
+
+def _check_row_numbers(r: dict) -> None:
+    assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
+    tokens = r["B"] * r["T"]
+    assert math.isclose(r["fwd_bwd_tokens_per_s"], tokens / (r["fwd_bwd_ms"] / 1e3), rel_tol=1e-9)
+    assert math.isclose(r["fwd_tokens_per_s"], tokens / (r["fwd_ms"] / 1e3), rel_tol=1e-9)
+
+
+@pytest.mark.skipif(CUDA, reason="checks the CPU run")
+def test_cpu_bench_cli_prints_rows_and_writes_json(cli, tmp_path):
+    out_json = tmp_path / "bench.json"
+    res = cli("bench", "--T", "32,64", "--head-dim", "8", "--head-dim", "16", "--tokens", "128",
+              "--width", "32", "--chunk", "16", "--repeats", "2", "--warmup", "0",
+              "--max-ref-T", "32", "--json", out_json, "--out", tmp_path / "tables")
+    assert res.exit_code == 0, res.output
+    assert "GPU rows skipped: no CUDA device" in res.stdout
+    for label in ("torch c=1", "torch c=16", "reference c=1"):
+        assert label in res.stdout
+    assert "Traceback" not in res.output
+
+    data = json.loads(out_json.read_text())
+    assert RESULT_KEYS <= set(data)
+    assert data["acceptance"] is None  # GPU verdicts only
+    assert data["impls"] == ["torch c=1", "torch c=16", "reference c=1"]
+    rows = {(r["head_dim"], r["T"], r["label"]): r for r in data["rows"]}
+    assert set(rows) == {(d, t, lab) for d in (8, 16) for t in (32, 64)
+                         for lab in data["impls"]}
+    for (d, t, lab), r in rows.items():
+        assert ROW_KEYS <= set(r)
+        assert r["B"] * r["T"] == 128 and r["H"] == 32 // d
+        if lab == "reference c=1" and t > 32:
+            assert r["status"] == "skipped" and "max_ref_T" in r["note"]
+            assert r["fwd_ms"] is None
+        else:
+            assert r["status"] == "ok", r
+            _check_row_numbers(r)
+    # ratios are the time ratios of the rows they name
+    names = {(r["head_dim"], r["T"], r["ratio"]) for r in data["ratios"]}
+    assert (8, 32, "reference/torch") in names and (16, 64, "torch c16/c1") in names
+    for r in data["ratios"]:
+        a, b = rows[(r["head_dim"], r["T"], r["num"])], rows[(r["head_dim"], r["T"], r["den"])]
+        for m in ("fwd", "fwd_bwd"):
+            if a[f"{m}_ms"] is None:
+                assert r[m] is None
+            else:
+                assert math.isclose(r[m], a[f"{m}_ms"] / b[f"{m}_ms"], rel_tol=1e-9)
+    assert not any("triton" in r["label"] or r["impl"] in ("fla", "sdpa") for r in data["rows"])
+    for f in ("bench_table.txt", "bench_table.md", "bench.json"):
+        assert (tmp_path / "tables" / f).stat().st_size > 0
+    assert "| D | T |" in (tmp_path / "tables" / "bench_table.md").read_text()
+
+
+def test_bench_bad_options_exit_2(cli):
+    for args, where in ((["--T", "2x"], "--T"), (["--head-dim", "0"], "--head-dim"),
+                        (["--device", "tpu"], "--device"), (["--dtype", "int8"], "--dtype"),
+                        (["--repeats", "0"], "--repeats"), (["--gpu-check"], "--gpu-check")):
+        res = cli("bench", *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"error: {where}" in res.stderr
+        assert "Traceback" not in res.output
+
+
+@pytest.mark.skipif(CUDA, reason="checks the no-CUDA path")
+def test_gpu_check_without_cuda_exits_2(cli, tmp_path):
+    res = cli("bench", "--gpu-check", "--out", tmp_path / "g")
+    assert res.exit_code == 2
+    assert "no CUDA device" in res.stderr
+    assert "Traceback" not in res.output
+    res = cli("bench", "--device", "cuda")
+    assert res.exit_code == 2 and "no CUDA device" in res.stderr
+
+
+def test_gpu_check_path_imports_no_pydantic_optuna_ray(tmp_path):
+    """``python -m atlas_search.bench.gpu_check`` (run_module as __main__) and a CPU bench run
+    from a bare PYTHONPATH pull in neither pydantic, optuna, ray nor spec/models/search."""
+    code = f"""
+import json, runpy, sys
+from atlas_search.bench import gpu_check, kernels_speed as ks
+s = ks.default_settings("cpu", ts=(16,), head_dims=(8,), tokens=16, width=8, chunk=8,
+                        repeats=1, warmup=0, max_ref_t=16)
+r = ks.run_bench(s, progress=None)
+code = None
+if not {CUDA}:
+    sys.argv = ["gpu_check", "--out", {str(tmp_path / "g")!r}]
+    try:
+        runpy.run_module("atlas_search.bench.gpu_check", run_name="__main__")
+    except SystemExit as e:
+        code = e.code
+bad = sorted(m for m in sys.modules if m.split(".")[0] in ("pydantic", "optuna", "ray")
+             or m.startswith(("atlas_search.spec", "atlas_search.models", "atlas_search.search",
+                              "atlas_search.cli", "atlas_search.train")))
+print(json.dumps({{"bad": bad, "code": code, "rows": len(r["rows"]),
+                   "triton": "triton" in sys.modules}}))
+"""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          env=env, cwd=str(tmp_path), timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    found = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert found["bad"] == []
+    assert found["rows"] == 3  # torch c=1, torch c=16, reference c=1
+    if not CUDA:
+        assert found["code"] == 2
+        assert "no CUDA device" in proc.stderr and "Traceback" not in proc.stderr
+        assert found["triton"] is False  # never imported on CPU (interpreter mode is global)
+
+
+def _wheel(path: Path, files: dict[str, str]) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+    return path
+
+
+@pytest.fixture
+def clean_fla():
+    """Forget any ``fla`` imported or put on ``sys.path`` by a test."""
+    path = list(sys.path)
+    yield
+    sys.path[:] = path
+    for name in [m for m in sys.modules if m == "fla" or m.startswith("fla.")]:
+        del sys.modules[name]
+
+
+def test_fla_wheel_discovery_and_extraction(tmp_path, clean_fla):
+    empty, whl = tmp_path / "empty", tmp_path / "wheels"
+    empty.mkdir()
+    whl.mkdir()
+    _wheel(whl / "fla_core-0.0.9-py3-none-any.whl", {"fla/__init__.py": "__version__ = '0.0.9'"})
+    _wheel(whl / "fla_core-0.0.10-py3-none-any.whl", {"fla/__init__.py": "__version__ = '0.0.10'"})
+    _wheel(whl / "flash_linear_attention-0.0.10-py3-none-any.whl",
+           {"fla/layers/__init__.py": "", "fla/models/__init__.py": ""})
+
+    found = gc.find_fla_wheels([tmp_path / "missing", empty, whl])
+    assert [w.name for w in found] == ["fla_core-0.0.10-py3-none-any.whl",
+                                      "flash_linear_attention-0.0.10-py3-none-any.whl"]
+    dest = gc.extract_wheels(found[:1], tmp_path / "x")
+    assert (dest / "fla" / "__init__.py").exists()
+    proc = subprocess.run([sys.executable, "-c", "import fla; print(fla.__version__)"],
+                          capture_output=True, text=True, env={**os.environ,
+                                                               "PYTHONPATH": str(dest)})
+    assert proc.stdout.strip() == "0.0.10"
+
+    # the fake has no fla.ops: extracted and importable, but the fla rows are skipped
+    setup = gc.prepare_fla([empty, whl], allow_installed=False)
+    assert not setup.available and setup.fn is None
+    assert setup.message.startswith("fla rows skipped:") and "not importable" in setup.message
+    assert setup.path and (Path(setup.path) / "fla" / "__init__.py").exists()
+    # the layers/models wheel carries no fla/ops, so only fla_core is unpacked
+    assert not (Path(setup.path) / "fla" / "layers").exists()
+    assert setup.path in sys.path
+
+
+def test_fla_absent_gives_skip_message(tmp_path):
+    setup = gc.prepare_fla([tmp_path], allow_installed=False)
+    assert not setup.available
+    assert "fla rows skipped" in setup.message and str(tmp_path) in setup.message
+    assert "pip download --no-deps fla-core==0.5.2" in setup.message
+    assert gc.default_wheel_dirs(ROOT) == [ROOT / ".whl", ROOT, ROOT.parent]
+
+
+def _rows(times: dict[tuple[int, str], tuple[float | None, float | None]]) -> list[dict]:
+    s = ks.Settings(device="cuda", tokens=8192)
+    out = []
+    for (t, label), (f, fb) in times.items():
+        name, _, c = label.partition(" c=")
+        impl = ks.Impl(name, int(c) if c else None)
+        out.append(ks._row(impl, 64, t, s.batch(t), 32, s, f and f / 1e3, fb and fb / 1e3,
+                           "ok" if f and fb else "error"))
+    return out
+
+
+def test_ratios_and_acceptance_verdicts():
+    times = {
+        (1024, "triton c=1"): (10.0, 30.0), (1024, "torch c=1"): (5.0, 10.0),  # T < 2k: ignored
+        (1024, "triton c=16"): (50.0, 90.0), (1024, "fla"): (1.0, 1.0),
+        (2048, "triton c=1"): (10.0, 30.0), (2048, "triton c=16"): (15.0, 50.0),
+        (2048, "torch c=1"): (40.0, 90.0), (2048, "fla"): (8.0, 25.0),
+    }
+    rows = _rows(times)
+    ratios = ks.compute_ratios(rows)
+    by = {(r["T"], r["ratio"]): r for r in ratios}
+    assert by[(2048, "triton/fla")]["fwd"] == pytest.approx(10 / 8)
+    assert by[(2048, "triton c16/c1")]["fwd_bwd"] == pytest.approx(50 / 30)
+    assert by[(2048, "torch/triton")]["fwd"] == pytest.approx(4.0)
+    assert (2048, "torch/triton c16") not in by  # torch c=16 was not planned here
+    tri = next(r for r in rows if r["T"] == 2048 and r["label"] == "triton c=1")
+    assert tri["vs_fla_fwd_bwd"] == pytest.approx(30 / 25)
+
+    acc = ks.acceptance(ratios)
+    assert {k: v["ok"] for k, v in acc.items()} == {
+        "triton_faster_than_torch": True, "triton_within_1.5x_fla": True,
+        "triton_c16_under_2x_c1": True}
+    assert all(c["T"] >= 2048 for v in acc.values() for c in v["checks"])
+
+    times[(2048, "triton c=16")] = (25.0, 50.0)  # fwd 2.5x c=1
+    times[(2048, "fla")] = (8.0, None)  # fla backward errored
+    acc = ks.acceptance(ks.compute_ratios(_rows(times)))
+    assert acc["triton_c16_under_2x_c1"]["ok"] is False
+    assert "fwd=2.50" in acc["triton_c16_under_2x_c1"]["note"]
+    assert acc["triton_within_1.5x_fla"]["ok"] is False  # a missing value fails
+    assert "missing" in acc["triton_within_1.5x_fla"]["note"]
+
+    del times[(1024, "fla")], times[(2048, "fla")]
+    acc = ks.acceptance(ks.compute_ratios(_rows(times)))
+    assert acc["triton_within_1.5x_fla"]["ok"] is None  # no fla: not measured, not failed
+    assert "not measured" in ks.verdict_lines({"acceptance": acc})[1]
+
+
+def test_gpu_path_with_fake_fla_and_sdpa(monkeypatch):
+    """The GPU code path (fla and SDPA rows, ratios to fla, acceptance keys) run on CPU with
+    a stand-in for fla's op; triton cells are left out (they need a GPU or the interpreter)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    cpu_timer, make = ks._timer, ks.make_inputs
+    monkeypatch.setattr(ks, "_timer", lambda device: cpu_timer("cpu"))
+    monkeypatch.setattr(ks, "make_inputs", lambda *a, **k: make(*a[:5], "cpu", **k))
+    monkeypatch.setattr(ks, "environment", lambda device, fla=None: {
+        "device": device, "device_name": "stand-in", "torch": torch.__version__, "fla": fla})
+    calls = []
+
+    def fake_fla(q, k, v, g, beta, scale=None, output_final_state=False,
+                 use_qk_l2norm_in_kernel=False):
+        calls.append((q.shape, g.dtype, scale, use_qk_l2norm_in_kernel))
+        from atlas_search.ops import omega_linear
+
+        o, _ = omega_linear(q, k, v, alpha=g.exp(), eta=beta, gamma=torch.ones_like(beta),
+                            theta=None, window=1, chunk_size=1, optimizer="gd", objective="l2",
+                            backend="torch")
+        return o, None
+
+    s = ks.default_settings("cuda", ts=(16, 32), head_dims=(8,), tokens=32, width=16, chunk=8,
+                            dtype="float32", repeats=1, warmup=0,
+                            impls=("torch", "fla", "sdpa"))
+    res = ks.run_bench(s, fla=(fake_fla, "stand-in", "fake"), progress=None)
+    assert res["impls"] == ["torch c=1", "torch c=16", "fla", "sdpa"]
+    assert calls and calls[0][1:] == (torch.float32, 1.0, False)
+    for r in res["rows"]:
+        assert r["status"] == "ok", r
+        _check_row_numbers(r)
+        fla = next(x for x in res["rows"] if x["T"] == r["T"] and x["impl"] == "fla")
+        assert r["vs_fla_fwd"] == pytest.approx(r["fwd_ms"] / fla["fwd_ms"])
+    assert set(res["acceptance"]) == {"triton_faster_than_torch", "triton_within_1.5x_fla",
+                                      "triton_c16_under_2x_c1"}
+    assert all(v["ok"] is None for v in res["acceptance"].values())  # T < 2k, no triton
+    text = ks.format_text(res)
+    assert "fwd x fla" in text and "WY form" in text and "sdpa" in text
+    json.dumps(ks.jsonable(res), allow_nan=False)
+
+
+def test_run_pytest_outcomes_and_timeout(tmp_path, monkeypatch):
+    """The GPU check's test step on a stand-in repository: the interpreter-subprocess test is
+    deselected unless asked for, failures and timeouts are reported, output is kept."""
+    tests = tmp_path / "tests"
+    tests.mkdir()
+    (tests / "test_ops_triton.py").write_text(
+        "import os, time\n"
+        "def test_ok():\n    pass\n"
+        "def test_cpu_params_in_interpreter_subprocess():\n    assert False\n"
+        "def test_slow():\n    if os.environ.get('SLOW'):\n        time.sleep(60)\n")
+    res = gc.run_pytest(tmp_path, 60, tmp_path / "out.txt")
+    assert res["status"] == "passed", res
+    assert "2 passed" in res["summary"] and "1 deselected" in res["summary"]
+    assert (tmp_path / "out.txt").read_text().strip()
+    res = gc.run_pytest(tmp_path, 60, None, run_all=True)
+    assert res["status"] == "failed" and res["returncode"] == 1 and res["tail"]
+    monkeypatch.setenv("SLOW", "1")
+    res = gc.run_pytest(tmp_path, 3, None)
+    assert res["status"] == "timeout" and res["seconds"] < 30
+    assert gc.run_pytest(tmp_path / "nowhere", 5, None)["status"] == "skipped"

@@ -1,0 +1,323 @@
+"""Triton backend of the linear-memory Omega op (DESIGN.md §2, §8) vs the reference loop.
+
+On CPU the kernels run in the Triton interpreter. Triton fixes interpreter vs compiled mode
+when it is *first imported* (its standard library, e.g. ``tl.sum``, is decorated then), so
+this module sets ``TRITON_INTERPRET=1`` at import, before anything imports triton (nothing
+in the package or the other test modules imports triton at collection time), on machines
+without CUDA (tests/conftest.py does so before any test module is imported, in case
+something imports triton during collection). On a machine without CUDA the CPU tests never
+skip: if triton was imported in compiled mode anyway, they fail. The setting stays for the
+rest of the pytest process; it only matters to triton. On a CUDA machine the module leaves
+the environment alone: the ``cuda`` params run the compiled kernels in fp32 and bf16, and
+the ``cpu`` params run in a subprocess with ``TRITON_INTERPRET=1``
+(``test_cpu_params_in_interpreter_subprocess``), because one process cannot hold both modes.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import warnings
+
+import torch
+
+if not torch.cuda.is_available() and "triton" not in sys.modules:
+    os.environ["TRITON_INTERPRET"] = "1"  # (tests/conftest.py sets it first for the session)
+
+import functools  # noqa: E402
+import itertools  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from atlas_search.bench.kernel_check import budget_of, make_inputs, rel_err, run_case  # noqa: E402
+from atlas_search.ops import omega_mlp, omega_triton  # noqa: E402
+from atlas_search.ops.omega_linear import omega_linear  # noqa: E402
+
+F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
+INTERP = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
+CUDA = torch.cuda.is_available()
+SHAPE = (1, 21, 1, 5, 7)  # B, T, H, Dk, Dv: odd T (partial last chunk for b = 4, 16)
+SHAPE_B1 = (1, 13, 1, 5, 7)  # b = 1: one chunk per token, the interpreter's slow case
+GRID = list(itertools.product(("gd", "momentum"), ("l2", "dot"), (1, 3, 8), (1, 4, 16)))
+
+DEVICES = [
+    pytest.param("cpu", marks=pytest.mark.skipif(
+        CUDA and not INTERP, reason="runs in test_cpu_params_in_interpreter_subprocess")),
+    pytest.param("cuda", marks=pytest.mark.skipif(
+        not CUDA or INTERP, reason="needs CUDA and a process without TRITON_INTERPRET")),
+]
+
+
+@pytest.fixture(autouse=True)
+def _nan_buffers_and_fresh_warnings(monkeypatch):
+    """Every kernel buffer starts as NaN (unwritten memory shows up as NaN in the checks);
+    every test sees the fallback warnings (and the failed-compile memory) afresh."""
+    monkeypatch.setattr(omega_triton, "NAN_FILL", True)
+    monkeypatch.setattr(omega_triton, "_WARNED", set())
+    monkeypatch.setattr(omega_triton, "_BROKEN", set())
+
+
+def dtypes_for(device: str) -> tuple[torch.dtype, ...]:
+    return (F64, F32) if device == "cpu" else (F32, BF16)
+
+
+@functools.cache
+def reference(opt, obj, c, b, shape=SHAPE, round_to=None):
+    return run_case("reference", F64, "cpu", opt, obj, c, b, make_inputs(*shape),
+                    round_to=round_to)
+
+
+def triton_run(device, dtype, opt, obj, c, b, shape=SHAPE, round_to=None):
+    n0 = omega_triton.stats["backward"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no fallback allowed here
+        got = run_case("triton", dtype, device, opt, obj, c, b, make_inputs(*shape),
+                       round_to=round_to)
+    assert omega_triton.stats["backward"] == n0 + 1, "the Triton kernels did not run"
+    return got
+
+
+def check(ref, got, dtype, extra=""):
+    assert got.keys() == ref.keys()
+    budget = 1e-10 if dtype == F64 else None
+    errs = {n: rel_err(ref[n], got[n]) for n in ref}
+    for n, e in errs.items():
+        assert e <= (budget or budget_of(dtype, n)), (extra, dtype, n, errs)
+    return errs
+
+
+# ---------------------------------------------------------------- 1. the support grid
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt,obj,c,b", GRID)
+def test_grid_matches_reference(device, opt, obj, c, b):
+    """Outputs, final memory/momentum/anchor and the gradients of q, k, v, every gate and
+    M_0: fp64 <= 1e-10 and fp32 <= 1e-5 on CPU (interpreter); fp32 <= 1e-5 and bf16
+    within the DESIGN.md §8 budgets on CUDA."""
+    shape = SHAPE if b > 1 else SHAPE_B1
+    for dtype in dtypes_for(device):
+        rnd = dtype if dtype == BF16 else None
+        ref = reference(opt, obj, c, b, shape=shape, round_to=rnd)
+        got = triton_run(device, dtype, opt, obj, c, b, shape=shape, round_to=rnd)
+        check(ref, got, dtype, (opt, obj, c, b))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_heads_and_column_blocks(device):
+    """B = H = 2 and Dv = 20 (two column blocks of 16 under the interpreter): the per-(b, h,
+    column block) offsets and the partial sums over column blocks."""
+    shape = (2, 11, 2, 5, 20)
+    for opt in ("gd", "momentum"):
+        ref = reference(opt, "l2", 3, 4, shape=shape)
+        got = triton_run(device, F32, opt, "l2", 3, 4, shape=shape)
+        check(ref, got, F32, opt)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt,obj", [("gd", "l2"), ("momentum", "dot")])
+def test_half_precision_operands(device, opt, obj):
+    """fp16 inputs take the low-precision ``tl.dot`` operand path (fp32 accumulation, fp32
+    states) that bf16 takes on a GPU; bf16 itself in the interpreter computes its dots in
+    fp32 (the interpreter's bf16 dot is broken). DESIGN.md §8 half-precision budgets
+    against the fp64 reference on the same rounded inputs."""
+    f16 = torch.float16
+    ref = reference(opt, obj, 3, 4, round_to=f16)
+    got = triton_run(device, f16, opt, obj, 3, 4, round_to=f16)
+    check(ref, got, f16, (opt, obj))
+
+
+# ---------------------------------------------------------------- 2. state continuation
+
+
+def _pieces(device, backends, lengths, opt, c, b, dtype=F64):
+    """Run the sequence in pieces (backend i % len) and return o, final state and the
+    gradients of q, k, v, alpha and M_0 through the whole chain."""
+    d = make_inputs(1, sum(lengths), 1, 5, 7)
+    leaves = {n: d[n].to(device=device, dtype=dtype).requires_grad_()
+              for n in ("q", "k", "v", "alpha", "m0")}
+    st = leaves["m0"]
+    outs, pos = [], 0
+    for i, n in enumerate(lengths):
+        sl = slice(pos, pos + n)
+        o, st = omega_linear(
+            leaves["q"][:, sl], leaves["k"][:, sl], leaves["v"][:, sl],
+            alpha=leaves["alpha"][:, sl], eta=d["eta"][:, sl].to(device, dtype),
+            gamma=d["gamma"][:, sl].to(device, dtype),
+            theta=None if opt == "gd" else d["theta"][:, sl].to(device, dtype),
+            window=c, chunk_size=b, optimizer=opt, objective="l2", initial_state=st,
+            backend=backends[i % len(backends)],
+        )
+        outs.append(o)
+        pos += n
+    o = torch.cat(outs, 1)
+    loss = (o * d["co"].to(device, dtype)).sum() + (st.memory * d["cm"].to(device, dtype)).sum()
+    loss = loss + (st.anchor * d["ca"].to(device, dtype)).sum()
+    if opt != "gd":
+        loss = loss + (st.momentum * d["cs"].to(device, dtype)).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    res = {"o": o, "memory": st.memory, "anchor": st.anchor, "pos": st.position}
+    res.update({"d_" + n: g for n, g in zip(leaves, grads, strict=True)})
+    return res
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt", ["gd", "momentum"])
+def test_chained_calls(device, opt):
+    """Aligned continuations run the kernels (gradients reach the previous call through
+    the state's memory/momentum/halo); a continuation off a chunk boundary falls back to
+    torch with one warning; the chain equals one reference call."""
+    dtype = F64 if device == "cpu" else F32
+    lengths = [8, 5, 8]  # b = 4: starts at 0, 8 (aligned, ends mid-chunk), 13 (unaligned)
+    ref = _pieces("cpu", ["reference"], [21], opt, 3, 4)
+    n0 = omega_triton.stats["backward"]
+    with pytest.warns(RuntimeWarning, match="chunk boundary") as rec:
+        got = _pieces(device, ["triton"], lengths, opt, 3, 4, dtype)
+    assert len([w for w in rec if "triton" in str(w.message)]) == 1
+    assert omega_triton.stats["backward"] == n0 + 2  # the two aligned pieces
+    assert got["pos"] == ref["pos"] == 21
+    mixed = _pieces(device, ["triton", "torch", "reference"], lengths, opt, 3, 4, dtype)
+    budget = 1e-10 if dtype == F64 else 1e-5
+    for res in (got, mixed):
+        for n in ref:
+            if n != "pos":
+                assert rel_err(ref[n], res[n]) <= budget, n
+
+
+# ---------------------------------------------------------------- 3. fallbacks
+
+
+def _simple(backend, device="cpu", opt="gd", dtype=F32, **kw):
+    d = make_inputs(*SHAPE)
+    return omega_linear(
+        d["q"].to(device, dtype), d["k"].to(device, dtype), d["v"].to(device, dtype),
+        alpha=d["alpha"].to(device, dtype), eta=d["eta"].to(device, dtype),
+        gamma=d["gamma"].to(device, dtype),
+        theta=None if opt == "gd" else d["theta"].to(device, dtype),
+        window=3, chunk_size=4, optimizer=opt, objective="l2", backend=backend, **kw,
+    )
+
+
+def _fallback_warns_once(match):
+    n0 = omega_triton.stats["forward"]
+    with pytest.warns(RuntimeWarning, match=match) as rec:
+        o1, _ = _simple("triton")
+        o2, st = _simple("triton")
+    assert len([w for w in rec if "backend 'triton'" in str(w.message)]) == 1
+    assert omega_triton.stats["forward"] == n0
+    o_t, st_t = _simple("torch")
+    assert torch.equal(o1, o_t) and torch.equal(o2, o_t) and torch.equal(st.memory, st_t.memory)
+
+
+def test_fallback_cpu_without_interpreter(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    _fallback_warns_once("TRITON_INTERPRET")
+
+
+def test_fallback_triton_not_importable(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+
+    def broken():
+        raise ImportError("No module named 'triton'")
+
+    monkeypatch.setattr(omega_triton, "_load_triton", broken)
+    _fallback_warns_once("not importable")
+
+
+@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
+def test_fallback_launch_error(monkeypatch):
+    def broken():
+        raise RuntimeError("simulated compile error")
+
+    monkeypatch.setattr(omega_triton, "_kernels", broken)
+    _fallback_warns_once("compile/launch failed")
+
+
+@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
+def test_backward_kernel_error_recomputes_in_torch(monkeypatch):
+    def broken(*a, **k):
+        raise omega_triton._KernelError("simulated") from RuntimeError("simulated")
+
+    monkeypatch.setattr(omega_triton, "_launch_backward", broken)
+    ref = reference("momentum", "l2", 3, 4)
+    with pytest.warns(RuntimeWarning, match="recomputed"):
+        got = run_case("triton", F64, "cpu", "momentum", "l2", 3, 4, make_inputs(*SHAPE))
+    check(ref, got, F64)
+
+
+def test_auto_on_cpu_is_torch():
+    n0 = dict(omega_triton.stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        o, st = _simple("auto", opt="momentum")
+    o_t, st_t = _simple("torch", opt="momentum")
+    assert torch.equal(o, o_t) and torch.equal(st.momentum, st_t.momentum)
+    assert omega_triton.stats == n0
+
+
+def test_auto_on_cpu_does_not_import_triton():
+    code = (
+        "import sys, torch; from atlas_search.ops import omega_linear; "
+        "x = torch.randn(1, 5, 1, 3); g = torch.rand(1, 5, 1); "
+        "omega_linear(x, x, x, alpha=g, eta=g, gamma=g, theta=None, window=2, chunk_size=2, "
+        "optimizer='gd', objective='l2', backend='auto'); "
+        "assert 'triton' not in sys.modules, 'triton imported'"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env,
+                   cwd=Path(__file__).resolve().parents[1])
+
+
+@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
+def test_muon_with_triton_runs_torch_silently():
+    n0 = dict(omega_triton.stats)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        o, st = _simple("triton", opt="muon")
+    o_t, st_t = _simple("torch", opt="muon")
+    assert torch.equal(o, o_t) and torch.equal(st.momentum, st_t.momentum)
+    assert omega_triton.stats == n0
+
+
+def test_mlp_accepts_triton_and_runs_torch():
+    d = make_inputs(1, 6, 1, 4, 4)
+    g = torch.Generator().manual_seed(1)
+    w = [0.3 * torch.randn(1, 4, 8, generator=g, dtype=F64),
+         0.3 * torch.randn(1, 8, 4, generator=g, dtype=F64)]
+    outs = []
+    for backend in ("torch", "triton"):
+        o, _ = omega_mlp(d["q"], d["k"], d["v"], w, kind="mlp", alpha=d["alpha"],
+                         eta=d["eta"], gamma=d["gamma"], theta=None, window=2, chunk_size=2,
+                         optimizer="gd", objective="l2", backend=backend)
+        outs.append(o)
+    assert torch.equal(outs[0], outs[1])
+
+
+@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
+def test_nan_fill_and_no_grad():
+    """NAN_FILL really fills the buffers; the op runs under no_grad (forward kernel only)."""
+    assert torch.isnan(omega_triton._empty((3,), F32, "cpu")).all()
+    n0 = dict(omega_triton.stats)
+    with torch.no_grad():
+        o, st = _simple("triton", opt="momentum", dtype=F64)
+    o_r, st_r = _simple("reference", opt="momentum", dtype=F64)
+    assert omega_triton.stats["forward"] == n0["forward"] + 1
+    for a, b in ((o_r, o), (st_r.memory, st.memory), (st_r.momentum, st.momentum),
+                 (st_r.anchor, st.anchor)):
+        assert rel_err(a, b) <= 1e-10
+
+
+# ---------------------------------------------------------------- 4. CUDA machines
+
+
+@pytest.mark.skipif(not CUDA or INTERP, reason="only on CUDA machines (compiled mode)")
+def test_cpu_params_in_interpreter_subprocess():
+    """The CPU params need an interpreter-mode process: run them there."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-x", __file__, "-k", "not cuda"],
+        env=env, capture_output=True, text=True, timeout=1200,
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
