@@ -82,23 +82,25 @@ def test_tiny_study_prunes_across_workers_and_exports(local_ray, tmp_path):
         assert "trial" in p.read_text().splitlines()[0]
 
 
-def _wait(pred, timeout: float, what: str) -> None:
+def _wait(pred, timeout: float, what: str, poll: float = 0.5) -> None:
     end = time.time() + timeout
     while time.time() < end:
         if pred():
             return
-        time.sleep(0.5)
+        time.sleep(poll)
     raise AssertionError(f"timed out waiting for {what}")
 
 
 def test_worker_death_is_retried(local_ray, tmp_path):
-    space = loads(space_text("dying", n=2, steps=40, pruner="{name: none}"), "dying.yaml")
+    space = loads(space_text("dying", n=2, steps=120, pruner="{name: none}"), "dying.yaml")
     pidfile = tmp_path / "dying" / "trials" / "0" / "worker.pid"
     killed = {}
 
     def killer():
-        _wait(pidfile.exists, 120, "the first worker")
-        time.sleep(0.5)
+        # kill as soon as the worker has written its pid (the trial has only just started):
+        # a later kill could land after a short trial has ended, on the process's next task
+        _wait(lambda: pidfile.exists() and pidfile.read_text().strip(), 120,
+              "the first worker", poll=0.02)
         pid = int(pidfile.read_text())
         os.kill(pid, signal.SIGKILL)
         killed["pid"] = pid
