@@ -129,6 +129,51 @@ def test_half_precision_operands(device, opt, obj):
     check(ref, got, f16, (opt, obj))
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_column_blocks_dot_objective(device):
+    """The dot objective (no ``U`` buffer, no ``K_I^T dE`` term in the dM recurrence) with
+    two column blocks; one forward and one backward pass count one each in ``stats``."""
+    shape = (2, 11, 2, 5, 20)
+    for opt in ("gd", "momentum"):
+        ref = reference(opt, "dot", 3, 4, shape=shape)
+        n0 = dict(omega_triton.stats)
+        got = triton_run(device, F32, opt, "dot", 3, 4, shape=shape)
+        assert omega_triton.stats["forward"] == n0["forward"] + 1
+        check(ref, got, F32, opt)
+
+
+@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
+@pytest.mark.parametrize("mom,l2", [(False, True), (True, False), (True, True)])
+def test_state_kernel_writes_every_chunk_start(mom, l2):
+    """``_omega_states`` (the only sequential forward kernel): the buffer of chunk-start
+    states ``[BH, NT, Dk, Dv]`` and the final state equal the torch chunk recurrence."""
+    g = torch.Generator().manual_seed(3)
+    bh, nt, b, n, dk, dv = 3, 4, 4, 6, 5, 20
+
+    def rnd(*s, scale=1.0):
+        return scale * torch.randn(*s, generator=g, dtype=F64)
+
+    q, k, v = rnd(bh, nt, b, dk), rnd(bh, nt, n, dk, scale=0.5), rnd(bh, nt, n, dv)
+    a, c, bm = rnd(bh, nt, b), rnd(bh, nt, b, n, scale=0.1), rnd(bh, nt, b)
+    ae, be, te = rnd(bh, nt), rnd(bh, nt), rnd(bh, nt)
+    ce, cse = rnd(bh, nt, n, scale=0.1), rnd(bh, nt, n, scale=0.1)
+    m0, s0 = rnd(bh, dk, dv), rnd(bh, dk, dv)
+    if not mom:
+        bm = be = te = cse = s0 = None
+    kern = omega_triton._kernels()
+    mf, sf, ms, ss = omega_triton._launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0,
+                                                 mom, l2)
+    assert rel_err(m0, ms[:, 0]) == 0 and (not mom or rel_err(s0, ss[:, 0]) == 0)
+    for j in range(1, nt + 1):
+        sl = (slice(None), slice(0, j))
+        args = [x if x is None else x[sl] for x in (q, k, v, a, c, bm, ae, be, te, ce, cse)]
+        _, m_j, s_j, _ = omega_triton._scan_torch(*args, m0, s0, l2)
+        got_m, got_s = (mf, sf) if j == nt else (ms[:, j], ss[:, j])
+        assert rel_err(m_j, got_m) <= 1e-12, j
+        if mom:
+            assert rel_err(s_j, got_s) <= 1e-12, j
+
+
 # ---------------------------------------------------------------- 2. state continuation
 
 

@@ -18,27 +18,43 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
   window rows ``K_I, V_I`` of each chunk (``c - 1`` halo tokens before it, from the initial
   :class:`OmegaState` or zeros with ``gamma = 0``) are made with ``unfold``, so autograd
   sums the gradients of the overlapping halos.
-* **Triton** (:class:`_ChunkScan`, a ``torch.autograd.Function``) runs the sequential
-  scan over chunks. With ``M_s`` (``S_s``) the state at the chunk start (the anchor,
-  DESIGN.md §2: ``t' = b floor((t-1)/b)``) and ``E = K_I M_s - V_I`` (l2) or ``-V_I`` (dot)::
+* **Triton** (:class:`_ChunkScan`, a ``torch.autograd.Function``) runs the chunk
+  recurrence. With ``M_s`` (``S_s``) the state at the chunk start (the anchor, DESIGN.md
+  §2: ``t' = b floor((t-1)/b)``) and ``E = K_I M_s - V_I`` (l2) or ``-V_I`` (dot)::
 
       gd:       O = diag(A) Q M_s - (C ∘ Q K_I^T) E ;  M_end = A_end M_s - K_I^T (c_end ∘ E)
       momentum: O = diag(A) Q M_s + diag(Bm) Q S_s - (C_M ∘ Q K_I^T) E
                 M_end = A_end M_s + Bm_end S_s - K_I^T (cM_end ∘ E)
                 S_end = Th_end S_s - K_I^T (cS_end ∘ E)
 
-  (``x ∘ E`` scales row ``n`` of ``E`` by ``x[n]``). One program per (batch*head, ``Dv``
-  column block): for l2, ``E = K M - V`` contracts over ``Dk`` only, so each column block
-  of ``M`` evolves independently and the gates are per head. The program holds its
-  ``[BK, BV]`` block of ``M`` (and ``S``) in registers and loops over the chunks.
-  Backward recomputes rather than stores: a state kernel reruns the forward scan and
-  writes every chunk-start ``M_s`` (``S_s``) to a temporary buffer, then a reverse kernel
-  carries ``dM`` (``dS``) from the last chunk to the first. Per chunk, with
-  ``P = C ∘ Q K_I^T``::
+  (``x ∘ E`` scales row ``n`` of ``E`` by ``x[n]``). For l2, ``E = K M - V`` contracts
+  over ``Dk`` only, so each ``Dv`` column block of ``M`` evolves independently (the gates
+  are per head): every kernel's grid has a ``Dv`` column-block axis.
 
-      dE   = -P^T dO - diag(c_end) K_I dM_end [- diag(cS_end) K_I dS_end]
-      dM_s = A_end dM_end + Q^T diag(A) dO [+ K_I^T dE (l2)]
-      dS_s = Bm_end dM_end + Th_end dS_end + Q^T diag(Bm) dO
+  Kernel structure (as flash-linear-attention's ``chunk_fwd_h`` + ``chunk_fwd_o`` and
+  ``chunk_bwd_dh`` + ``chunk_bwd_dqkw``): only the state recurrence is sequential over the
+  chunks; everything that is local to a chunk given its start state (``Q K_I^T``,
+  ``(C ∘ Q K_I^T) E``, ``Q M_s`` and the backward's ``P^T dO``, ``dQ``, ``dK_I``, ...)
+  runs in programs parallel over all ``B*H*NT`` chunks, so on a GPU it is not serialised
+  along ``T`` inside one program per head. Grids: ``(B*H, Dv blocks)`` for the sequential
+  kernels, ``(B*H*NT, Dv blocks)`` for the parallel ones.
+
+  Forward:
+
+  1. ``_omega_states`` (sequential, one program per (batch*head, column block), its
+     ``[BK, BV]`` block of ``M`` (and ``S``) in registers): per chunk only ``E`` and the
+     state update; writes every chunk-start ``M_s`` (``S_s``) to a buffer
+     ``[B*H, NT, Dk, Dv]`` and the final ``M`` (``S``). The anchor output (the start state
+     of the last chunk) is read from that buffer.
+  2. ``_omega_out`` (parallel): from its chunk's ``M_s`` (``S_s``), ``Q, K_I, V_I, A, C
+     (, Bm)`` the output ``O``.
+
+  The forward saves only its inputs; the backward recomputes the states. Per chunk, with
+  ``P = C ∘ Q K_I^T``, ``U = -P^T dO``, ``W = Q^T diag(A) dO``, ``W_S = Q^T diag(Bm) dO``::
+
+      dE   = U - diag(c_end) K_I dM_end [- diag(cS_end) K_I dS_end]
+      dM_s = A_end dM_end + W [+ K_I^T dE (l2)]
+      dS_s = Bm_end dM_end + Th_end dS_end + W_S
       dV_I = -dE ;  dP = -dO E^T ;  dQK = C ∘ dP ;  dC = dP ∘ Q K_I^T
       dQ   = dQK K_I + diag(A) dO M_s^T [+ diag(Bm) dO S_s^T]
       dK_I = dQK^T Q - (c_end ∘ E) dM_end^T [- (cS_end ∘ E) dS_end^T] [+ dE M_s^T (l2)]
@@ -46,18 +62,40 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
       dA_end = <dM_end, M_s> ;  dBm_end = <dM_end, S_s> ;  dTh_end = <dS_end, S_s>
       dc_end[n] = -<E_n, (K_I dM_end)_n> ;  dcS_end[n] = -<E_n, (K_I dS_end)_n>
 
-  Quantities that sum over ``Dv`` (``dQ, dK_I, dC, dA, dBm`` and the chunk-end ones) are
-  written per column block and summed in torch; ``dV_I`` and ``dM_0`` are per block.
+  Backward:
+
+  3. ``_omega_states`` again: the chunk-start states.
+  4. ``_omega_bwd_local`` (parallel): ``W`` (``W_S``) and, for l2 only (where ``dE``
+     feeds ``dM_s``), ``U``, into buffers.
+  5. ``_omega_bwd_dh`` (sequential reverse, ``dM`` (``dS``) block in registers): the
+     recurrence above (the anchor-output gradient joins ``dM`` at the start of the last
+     chunk); writes every chunk's ``dM_end`` (``dS_end``) to a buffer and ``dM_0``
+     (``dS_0``).
+  6. ``_omega_bwd_grads`` (parallel): every gradient above from ``M_s, S_s, dM_end,
+     dS_end``, ``dO`` and the inputs (``dE`` recomputed, ``U`` included). Quantities that
+     sum over ``Dv`` (``dQ, dK_I, dC, dA, dBm`` and the chunk-end ones) are written per
+     column block and summed in torch; ``dV_I`` is per block.
+
+  Memory: the price of the parallel kernels is ``[B*H, NT, Dk, Dv]`` buffers in the
+  computation dtype (``NT*Dk*Dv`` per head, i.e. ``T/b`` states instead of one), alive
+  only during one pass: the forward holds the states (x2 for momentum); the backward
+  holds the states, ``dM_end`` and ``W`` (each x2 for momentum) and ``U`` (l2,
+  ``[B*H, NT, N, Dv]``; ``U, W`` are freed after step 5), plus the per-column-block
+  gradient partials as before. E.g. ``b = 16``, ``Dk = Dv = 128``, ``T = 4096``, fp32:
+  16 MiB per head and buffer.
 
 Choices:
 
 * Blocks: ``BK = max(16, next_pow2(Dk))``, ``BL = max(16, next_pow2(b))``,
   ``BN = max(16, next_pow2(b + c - 1))`` (``tl.dot`` needs every dimension >= 16 when
   compiled), masks for the padding, int64 offsets. ``BV``: 16 under the interpreter (one
-  fixed small config); on CUDA the forward is autotuned over ``BV in {16, 32, 64}``
-  (capped at ``max(16, next_pow2(Dv))``) x ``num_warps in {2, 4}``, the backward uses
-  ``BV = min(64, max(16, next_pow2(Dv)))`` (its partial-sum buffers are sized by the
-  number of column blocks) and is autotuned over ``num_warps in {2, 4, 8}``.
+  fixed small config); on CUDA every kernel is autotuned over ``num_warps in {2, 4, 8}``
+  (key: ``b, N, Dk, Dv`` as far as the kernel has them), and all but
+  ``_omega_bwd_grads`` also over ``BV in {16, 32, 64}`` (capped at
+  ``max(16, next_pow2(Dv))``); ``_omega_bwd_grads`` uses
+  ``BV = min(32, max(16, next_pow2(Dv)))`` (its partial-sum buffers are sized by the
+  number of column blocks; an ahead-of-time sm_90 compile at Dk = Dv = 64, b = 16 spilled
+  8 KB of stack per thread at BV = 64 in fp32, 1.5 KB at BV = 32).
   Supported sizes: ``Dk <= 256`` and ``b + c - 1 <= 256`` (larger runs the torch backend).
 * Dtypes: ``q, k, v`` may be fp16, bf16, fp32 or fp64. The computation dtype is fp64 for
   fp64 inputs, else fp32 (coefficients are built in it, every kernel load is converted to
@@ -83,7 +121,9 @@ Choices:
   A process that imported triton in one mode and asks for the other falls back (warning).
 * Debugging: set ``omega_triton.NAN_FILL = True`` (or the environment variable
   ``ATLAS_TRITON_NAN_FILL=1``) to allocate every kernel output buffer with NaN, so memory
-  a kernel forgets to write is caught. ``stats`` counts successful kernel passes.
+  a kernel forgets to write is caught. ``stats`` counts successful kernel passes:
+  ``forward`` +1 per forward (states + output), ``backward`` +1 per backward (its state
+  recomputation included, not counted as a forward).
 * No double backward (the Function is ``once_differentiable``).
 """
 
@@ -510,86 +550,140 @@ def _backward_torch(q, k, v, coef, m0, s0, do, dmf, dsf, dman, l2):
 # ----------------------------------------------------------------------------- launches
 
 
-def _launch_forward(
-    q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2, write_o=True, write_states=False
-):
-    """Forward scan. Returns ``o, M_end, S_end, M_s(last)`` (+ the chunk-start states
-    ``Ms, Ss [BH, NT, Dk, Dv]`` when ``write_states``)."""
+def _call(kern: dict, name: str, g0: int, dv: int, args: tuple, consts: dict, bv=None) -> None:
+    """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)``. ``bv`` fixes the
+    column block (kernels that write per-block partials, whose buffers are sized by the
+    number of blocks); otherwise it is :data:`INTERPRET_BV` under the interpreter and
+    autotuned over ``{16, 32, 64}`` (capped at ``next_pow2(Dv)``) on CUDA."""
+    if kern["interpret"]:
+        bv = bv or INTERPRET_BV
+        kern[name][(g0, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
+    elif bv is not None:
+        kern["warps"](name)[(g0, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
+    else:
+        cap = min(64, _np2(dv))
+        fn = kern["tuned"](name, tuple(x for x in (16, 32, 64) if x <= cap))
+        fn[lambda meta: (g0, triton.cdiv(dv, meta["BV"]))](*args, **consts)
+
+
+def _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
+    """``_omega_states``: the sequential scan over chunks. Returns ``M_end, S_end`` and the
+    chunk-start states ``Ms, Ss [BH, NT, Dk, Dv]`` (computation dtype; ``Ss`` is ``Ms``
+    for gd)."""
+    bh, nt, n, dk = k.shape
+    dv = v.shape[-1]
+    cd, dev = m0.dtype, k.device
+    mf = _empty((bh, dk, dv), cd, dev)
+    sf = _empty((bh, dk, dv), cd, dev) if mom else mf
+    ms = _empty((bh, nt, dk, dv), cd, dev)
+    ss = _empty((bh, nt, dk, dv), cd, dev) if mom else ms
+    dummy = ae
+    args = (
+        k,
+        v,
+        ae,
+        be if mom else dummy,
+        te if mom else dummy,
+        ce,
+        cse if mom else dummy,
+        m0,
+        s0 if mom else m0,
+        mf,
+        sf,
+        ms,
+        ss,
+        nt,
+        n,
+        dk,
+        dv,
+    )
+    consts = dict(BN=_np2(n), BK=_np2(dk), MOMENTUM=mom, L2=l2, LOWP=_lowp(k, kern["interpret"]))
+    _call(kern, "states", bh, dv, args, consts)
+    return mf, sf, ms, ss
+
+
+def _launch_forward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2):
+    """Forward: ``_omega_states`` (sequential) then ``_omega_out`` (parallel over chunks).
+    Returns ``o, M_end, S_end, M_s(last chunk)``; the state buffers are freed."""
     try:
         kern = _kernels()
         bh, nt, b, dk = q.shape
         n, dv = k.shape[2], v.shape[-1]
-        cd, dev = m0.dtype, q.device
-        o = _empty((bh, nt, b, dv), q.dtype, dev) if write_o else m0.new_empty(1)
-        mf = _empty((bh, dk, dv), cd, dev)
-        sf = _empty((bh, dk, dv), cd, dev) if mom else mf
-        man = _empty((bh, dk, dv), cd, dev)
-        ms = _empty((bh, nt, dk, dv), cd, dev) if write_states else mf
-        ss = _empty((bh, nt, dk, dv), cd, dev) if (write_states and mom) else ms
-        dummy = a
-        args = (
-            q,
-            k,
-            v,
-            a,
-            c,
-            bm if mom else dummy,
-            ae,
-            be if mom else dummy,
-            te if mom else dummy,
-            ce,
-            cse if mom else dummy,
-            m0,
-            s0 if mom else m0,
-            o,
-            mf,
-            sf,
-            man,
-            ms,
-            ss,
-            nt,
-            b,
-            n,
-            dk,
-            dv,
-        )
+        mf, sf, ms, ss = _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
+        o = _empty((bh, nt, b, dv), q.dtype, q.device)
+        args = (q, k, v, a, c, bm if mom else a, ms, ss, o, b, n, dk, dv)
         consts = dict(
             BL=_np2(b),
             BN=_np2(n),
             BK=_np2(dk),
             MOMENTUM=mom,
             L2=l2,
-            WRITE_O=write_o,
-            WRITE_STATES=write_states,
             LOWP=_lowp(q, kern["interpret"]),
         )
-        if kern["interpret"]:
-            bv = INTERPRET_BV
-            kern["fwd"][(bh, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
-        else:
-            cap = _np2(dv) if dv <= 64 else 64
-            fn = kern["fwd_tuned"](tuple(x for x in (16, 32, 64) if x <= cap))
-            fn[lambda meta: (bh, triton.cdiv(dv, meta["BV"]))](*args, **consts)
+        _call(kern, "out", bh * nt, dv, args, consts)
+        man = ms[:, nt - 1].clone()  # the anchor output: the start state of the last chunk
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
     stats["forward"] += 1
-    if write_states:
-        return o, mf, sf, man, ms, ss
     return o, mf, sf, man
 
 
 def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, dsf, dman, mom, l2):
-    """State recomputation + reverse scan; returns the gradients of every input of
+    """State recomputation (``_omega_states``), the dO-local terms (``_omega_bwd_local``,
+    parallel), the reverse recurrence of ``dM`` (``_omega_bwd_dh``, sequential) and the
+    gradients (``_omega_bwd_grads``, parallel); returns the gradients of every input of
     :func:`_scan_torch` (``None`` for the absent momentum ones)."""
-    _, _, _, _, ms, ss = _launch_forward(
-        q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2, write_o=False, write_states=True
-    )
     try:
         kern = _kernels()
         bh, nt, b, dk = q.shape
         n, dv = k.shape[2], v.shape[-1]
+        nc = bh * nt
         cd, dev = m0.dtype, q.device
-        bv = INTERPRET_BV if kern["interpret"] else min(64, _np2(dv))
+        _, _, ms, ss = _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
+        dummy = a
+        lowp = _lowp(q, kern["interpret"])
+        flags = dict(MOMENTUM=mom, L2=l2, LOWP=lowp)
+        blk = dict(BL=_np2(b), BN=_np2(n), BK=_np2(dk))
+
+        # local: W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (l2 only)
+        w = _empty((bh, nt, dk, dv), cd, dev)
+        ws = _empty((bh, nt, dk, dv), cd, dev) if mom else w
+        u = _empty((bh, nt, n, dv), cd, dev) if l2 else w
+        args = (q, k, a, c, bm if mom else dummy, do, u, w, ws, b, n, dk, dv)
+        _call(kern, "bwd_local", nc, dv, args, {**blk, **flags})
+
+        # reverse recurrence: dM_end (dS_end) of every chunk, dM_0 (dS_0)
+        dme = _empty((bh, nt, dk, dv), cd, dev)
+        dse = _empty((bh, nt, dk, dv), cd, dev) if mom else dme
+        dm0 = _empty((bh, dk, dv), cd, dev)
+        ds0 = _empty((bh, dk, dv), cd, dev) if mom else dm0
+        args = (
+            k,
+            ae,
+            be if mom else dummy,
+            te if mom else dummy,
+            ce,
+            cse if mom else dummy,
+            u,
+            w,
+            ws,
+            dmf,
+            dsf if mom else dmf,
+            dman,
+            dme,
+            dse,
+            dm0,
+            ds0,
+            nt,
+            n,
+            dk,
+            dv,
+        )
+        _call(kern, "bwd_dh", bh, dv, args, dict(BN=blk["BN"], BK=blk["BK"], **flags))
+        del u, w, ws
+
+        # gradients, per chunk and column block (partials over Dv summed below)
+        bv = INTERPRET_BV if kern["interpret"] else min(32, _np2(dv))
         nv = triton.cdiv(dv, bv)
         dq = _empty((nv, bh, nt, b, dk), cd, dev)
         dk_ = _empty((nv, bh, nt, n, dk), cd, dev)
@@ -598,16 +692,13 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
         dc = _empty((nv, bh, nt, b, n), cd, dev)
         dae = _empty((nv, bh, nt), cd, dev)
         dce = _empty((nv, bh, nt, n), cd, dev)
-        dm0 = _empty((bh, dk, dv), cd, dev)
         if mom:
             dbm = _empty((nv, bh, nt, b), cd, dev)
             dbe = _empty((nv, bh, nt), cd, dev)
             dte = _empty((nv, bh, nt), cd, dev)
             dcse = _empty((nv, bh, nt, n), cd, dev)
-            ds0 = _empty((bh, dk, dv), cd, dev)
         else:
-            dbm = dbe = dte = dcse = ds0 = da
-        dummy = a
+            dbm = dbe = dte = dcse = da
         args = (
             q,
             k,
@@ -615,17 +706,13 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             a,
             c,
             bm if mom else dummy,
-            ae,
-            be if mom else dummy,
-            te if mom else dummy,
             ce,
             cse if mom else dummy,
             ms,
             ss,
+            dme,
+            dse,
             do,
-            dmf,
-            dsf if mom else dmf,
-            dman,
             dq,
             dk_,
             dv_,
@@ -637,28 +724,13 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dte,
             dce,
             dcse,
-            dm0,
-            ds0,
-            nt,
+            nc,
             b,
             n,
             dk,
             dv,
-            bh,
         )
-        consts = dict(
-            BL=_np2(b),
-            BN=_np2(n),
-            BK=_np2(dk),
-            BV=bv,
-            MOMENTUM=mom,
-            L2=l2,
-            LOWP=_lowp(q, kern["interpret"]),
-        )
-        if kern["interpret"]:
-            kern["bwd"][(bh, nv)](*args, **consts)
-        else:
-            kern["bwd_tuned"][(bh, nv)](*args, **consts)
+        _call(kern, "bwd_grads", nc, dv, args, {**blk, **flags}, bv=bv)
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
     stats["backward"] += 1
@@ -675,6 +747,15 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
 
 # ----------------------------------------------------------------------------- kernels
 
+# autotune keys (the integer arguments each kernel has; NT and the grid size are not keys)
+_KEYS = {
+    "states": ["N", "DK", "DV"],
+    "out": ["L", "N", "DK", "DV"],
+    "bwd_local": ["L", "N", "DK", "DV"],
+    "bwd_dh": ["N", "DK", "DV"],
+    "bwd_grads": ["L", "N", "DK", "DV"],
+}
+
 
 @functools.cache
 def _kernels() -> dict:
@@ -688,13 +769,9 @@ def _kernels() -> dict:
     triton, tl = _triton, _tl
 
     @triton.jit
-    def _omega_fwd(
-        q_ptr,
+    def _omega_states(
         k_ptr,
         v_ptr,
-        a_ptr,
-        c_ptr,
-        bm_ptr,
         ae_ptr,
         be_ptr,
         te_ptr,
@@ -702,47 +779,44 @@ def _kernels() -> dict:
         cse_ptr,
         m0_ptr,
         s0_ptr,
-        o_ptr,
         mf_ptr,
         sf_ptr,
-        man_ptr,
         ms_ptr,
         ss_ptr,
         NT,
-        L,
         N,
         DK,
         DV,
-        BL: tl.constexpr,
         BN: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
-        WRITE_O: tl.constexpr,
-        WRITE_STATES: tl.constexpr,
         LOWP: tl.constexpr,
     ):
-        # one program: one (batch*head, Dv column block); M (S) block in registers
+        # sequential over chunks; one program: one (batch*head, Dv column block), its M (S)
+        # block in registers. Writes every chunk-start state and the final one.
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = m0_ptr.dtype.element_ty
-        dd = q_ptr.dtype.element_ty if LOWP else cd  # tl.dot operands (bf16/fp16: tensor cores)
-        ol = tl.arange(0, BL)
+        dd = k_ptr.dtype.element_ty if LOWP else cd  # tl.dot operands (bf16/fp16: tensor cores)
         on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
         ov = i_v * BV + tl.arange(0, BV)
-        ml = ol < L
         mn = on < N
         mk = ok < DK
         mv = ov < DV
         mkv = mk[:, None] & mv[None, :]
-        st_off = i_bh * DK * DV + ok[:, None] * DV + ov[None, :]
+        kv_off = ok[:, None] * DV + ov[None, :]
+        st_off = i_bh * DK * DV + kv_off
         m = tl.load(m0_ptr + st_off, mask=mkv, other=0.0).to(cd)
         if MOMENTUM:
             s = tl.load(s0_ptr + st_off, mask=mkv, other=0.0).to(cd)
         for j in range(NT):
             cj = i_bh * NT + j
+            tl.store(ms_ptr + cj * DK * DV + kv_off, m, mask=mkv)
+            if MOMENTUM:
+                tl.store(ss_ptr + cj * DK * DV + kv_off, s, mask=mkv)
             kk = tl.load(
                 k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
                 mask=mn[:, None] & mk[None, :],
@@ -753,38 +827,10 @@ def _kernels() -> dict:
                 mask=mn[:, None] & mv[None, :],
                 other=0.0,
             ).to(cd)
-            if WRITE_STATES:
-                tl.store(ms_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], m, mask=mkv)
-                if MOMENTUM:
-                    tl.store(ss_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], s, mask=mkv)
-            tl.store(man_ptr + st_off, m, mask=mkv & ((ok[:, None] * 0 + j) == NT - 1))
             if L2:
                 e = tl.dot(kk.to(dd), m.to(dd), input_precision="ieee") - vv
             else:
                 e = -vv
-            if WRITE_O:
-                qq = tl.load(
-                    q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
-                    mask=ml[:, None] & mk[None, :],
-                    other=0.0,
-                ).to(cd)
-                aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-                cc = tl.load(
-                    c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
-                    mask=ml[:, None] & mn[None, :],
-                    other=0.0,
-                ).to(cd)
-                qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
-                o = aa[:, None] * tl.dot(qq.to(dd), m.to(dd), input_precision="ieee")
-                o -= tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
-                if MOMENTUM:
-                    bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-                    o += bm[:, None] * tl.dot(qq.to(dd), s.to(dd), input_precision="ieee")
-                tl.store(
-                    o_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
-                    o.to(o_ptr.dtype.element_ty),
-                    mask=ml[:, None] & mv[None, :],
-                )
             ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
             ae = tl.load(ae_ptr + cj).to(cd)
             m_new = ae * m - tl.dot(
@@ -804,24 +850,258 @@ def _kernels() -> dict:
             tl.store(sf_ptr + st_off, s, mask=mkv)
 
     @triton.jit
-    def _omega_bwd(
+    def _omega_out(
         q_ptr,
         k_ptr,
         v_ptr,
         a_ptr,
         c_ptr,
         bm_ptr,
+        ms_ptr,
+        ss_ptr,
+        o_ptr,
+        L,
+        N,
+        DK,
+        DV,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        BV: tl.constexpr,
+        MOMENTUM: tl.constexpr,
+        L2: tl.constexpr,
+        LOWP: tl.constexpr,
+    ):
+        # parallel: one program per (chunk of a batch*head, Dv column block)
+        cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT]
+        i_v = tl.program_id(1).to(tl.int64)
+        cd = ms_ptr.dtype.element_ty
+        dd = q_ptr.dtype.element_ty if LOWP else cd
+        ol = tl.arange(0, BL)
+        on = tl.arange(0, BN)
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        ml = ol < L
+        mn = on < N
+        mk = ok < DK
+        mv = ov < DV
+        mkv = mk[:, None] & mv[None, :]
+        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+        kk = tl.load(
+            k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
+            mask=mn[:, None] & mk[None, :],
+            other=0.0,
+        ).to(cd)
+        vv = tl.load(
+            v_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
+            mask=mn[:, None] & mv[None, :],
+            other=0.0,
+        ).to(cd)
+        qq = tl.load(
+            q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
+            mask=ml[:, None] & mk[None, :],
+            other=0.0,
+        ).to(cd)
+        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+        cc = tl.load(
+            c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
+            mask=ml[:, None] & mn[None, :],
+            other=0.0,
+        ).to(cd)
+        if L2:
+            e = tl.dot(kk.to(dd), m.to(dd), input_precision="ieee") - vv
+        else:
+            e = -vv
+        qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
+        o = aa[:, None] * tl.dot(qq.to(dd), m.to(dd), input_precision="ieee")
+        o -= tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
+        if MOMENTUM:
+            s = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            o += bm[:, None] * tl.dot(qq.to(dd), s.to(dd), input_precision="ieee")
+        tl.store(
+            o_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
+            o.to(o_ptr.dtype.element_ty),
+            mask=ml[:, None] & mv[None, :],
+        )
+
+    @triton.jit
+    def _omega_bwd_local(
+        q_ptr,
+        k_ptr,
+        a_ptr,
+        c_ptr,
+        bm_ptr,
+        do_ptr,
+        u_ptr,
+        w_ptr,
+        ws_ptr,
+        L,
+        N,
+        DK,
+        DV,
+        BL: tl.constexpr,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        BV: tl.constexpr,
+        MOMENTUM: tl.constexpr,
+        L2: tl.constexpr,
+        LOWP: tl.constexpr,
+    ):
+        # parallel: the dO terms of the reverse recurrence that need no dM:
+        # W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (l2: dE feeds dM_s)
+        cj = tl.program_id(0).to(tl.int64)
+        i_v = tl.program_id(1).to(tl.int64)
+        cd = w_ptr.dtype.element_ty
+        dd = q_ptr.dtype.element_ty if LOWP else cd
+        ol = tl.arange(0, BL)
+        on = tl.arange(0, BN)
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        ml = ol < L
+        mn = on < N
+        mk = ok < DK
+        mv = ov < DV
+        mkv = mk[:, None] & mv[None, :]
+        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        qq = tl.load(
+            q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
+            mask=ml[:, None] & mk[None, :],
+            other=0.0,
+        ).to(cd)
+        do = tl.load(
+            do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
+            mask=ml[:, None] & mv[None, :],
+            other=0.0,
+        ).to(cd)
+        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+        w = tl.dot(tl.trans(qq).to(dd), (aa[:, None] * do).to(dd), input_precision="ieee")
+        tl.store(w_ptr + cs_off, w, mask=mkv)
+        if MOMENTUM:
+            bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            ws = tl.dot(tl.trans(qq).to(dd), (bm[:, None] * do).to(dd), input_precision="ieee")
+            tl.store(ws_ptr + cs_off, ws, mask=mkv)
+        if L2:
+            kk = tl.load(
+                k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
+                mask=mn[:, None] & mk[None, :],
+                other=0.0,
+            ).to(cd)
+            cc = tl.load(
+                c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
+                mask=ml[:, None] & mn[None, :],
+                other=0.0,
+            ).to(cd)
+            p = cc * tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
+            u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
+            tl.store(
+                u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
+                u,
+                mask=mn[:, None] & mv[None, :],
+            )
+
+    @triton.jit
+    def _omega_bwd_dh(
+        k_ptr,
         ae_ptr,
         be_ptr,
         te_ptr,
         ce_ptr,
         cse_ptr,
-        ms_ptr,
-        ss_ptr,
-        do_ptr,
+        u_ptr,
+        w_ptr,
+        ws_ptr,
         dmf_ptr,
         dsf_ptr,
         dan_ptr,
+        dme_ptr,
+        dse_ptr,
+        dm0_ptr,
+        ds0_ptr,
+        NT,
+        N,
+        DK,
+        DV,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        BV: tl.constexpr,
+        MOMENTUM: tl.constexpr,
+        L2: tl.constexpr,
+        LOWP: tl.constexpr,
+    ):
+        # sequential reverse over chunks; dM (dS) block in registers. Writes every chunk's
+        # dM_end (dS_end) and dM_0 (dS_0).
+        i_bh = tl.program_id(0).to(tl.int64)
+        i_v = tl.program_id(1).to(tl.int64)
+        cd = dmf_ptr.dtype.element_ty
+        dd = k_ptr.dtype.element_ty if LOWP else cd
+        on = tl.arange(0, BN)
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        mn = on < N
+        mk = ok < DK
+        mv = ov < DV
+        mkv = mk[:, None] & mv[None, :]
+        kv_off = ok[:, None] * DV + ov[None, :]
+        st_off = i_bh * DK * DV + kv_off
+        dm = tl.load(dmf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        if MOMENTUM:
+            ds = tl.load(dsf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        for jj in range(NT):
+            j = NT - 1 - jj
+            cj = i_bh * NT + j
+            cs_off = cj * DK * DV + kv_off
+            tl.store(dme_ptr + cs_off, dm, mask=mkv)
+            ae = tl.load(ae_ptr + cj).to(cd)
+            dms = ae * dm + tl.load(w_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            if MOMENTUM:
+                tl.store(dse_ptr + cs_off, ds, mask=mkv)
+                be = tl.load(be_ptr + cj).to(cd)
+                te = tl.load(te_ptr + cj).to(cd)
+                dss = be * dm + te * ds + tl.load(ws_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            if L2:
+                kk = tl.load(
+                    k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
+                    mask=mn[:, None] & mk[None, :],
+                    other=0.0,
+                ).to(cd)
+                ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+                de = tl.load(
+                    u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
+                    mask=mn[:, None] & mv[None, :],
+                    other=0.0,
+                ).to(cd)
+                de -= ce[:, None] * tl.dot(kk.to(dd), dm.to(dd), input_precision="ieee")
+                if MOMENTUM:
+                    cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+                    de -= cse[:, None] * tl.dot(kk.to(dd), ds.to(dd), input_precision="ieee")
+                dms += tl.dot(tl.trans(kk).to(dd), de.to(dd), input_precision="ieee")
+            if MOMENTUM:
+                ds = dss
+            # the anchor output is the start state of the last chunk
+            last = (ok[:, None] * 0 + j) == NT - 1
+            dan = tl.load(dan_ptr + st_off, mask=mkv & last, other=0.0).to(cd)
+            dm = dms + dan
+        tl.store(dm0_ptr + st_off, dm, mask=mkv)
+        if MOMENTUM:
+            tl.store(ds0_ptr + st_off, ds, mask=mkv)
+
+    @triton.jit
+    def _omega_bwd_grads(
+        q_ptr,
+        k_ptr,
+        v_ptr,
+        a_ptr,
+        c_ptr,
+        bm_ptr,
+        ce_ptr,
+        cse_ptr,
+        ms_ptr,
+        ss_ptr,
+        dme_ptr,
+        dse_ptr,
+        do_ptr,
         dq_ptr,
         dk_ptr,
         dv_ptr,
@@ -833,14 +1113,11 @@ def _kernels() -> dict:
         dte_ptr,
         dce_ptr,
         dcse_ptr,
-        dm0_ptr,
-        ds0_ptr,
-        NT,
+        NC,
         L,
         N,
         DK,
         DV,
-        BH,
         BL: tl.constexpr,
         BN: tl.constexpr,
         BK: tl.constexpr,
@@ -849,11 +1126,12 @@ def _kernels() -> dict:
         L2: tl.constexpr,
         LOWP: tl.constexpr,
     ):
-        # reverse scan: dM (dS) block in registers, chunk-start states from ms/ss
-        i_bh = tl.program_id(0).to(tl.int64)
+        # parallel: one program per (chunk, Dv column block), from M_s (S_s), dM_end (dS_end)
+        cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT] (NC of them)
         i_v = tl.program_id(1).to(tl.int64)
+        pj = i_v * NC + cj  # chunk index in the per-column-block partials
         cd = ms_ptr.dtype.element_ty
-        dd = q_ptr.dtype.element_ty if LOWP else cd  # tl.dot operands (bf16/fp16: tensor cores)
+        dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
@@ -867,111 +1145,85 @@ def _kernels() -> dict:
         mnk = mn[:, None] & mk[None, :]
         mln = ml[:, None] & mn[None, :]
         mnv = mn[:, None] & mv[None, :]
-        st_off = i_bh * DK * DV + ok[:, None] * DV + ov[None, :]
-        dm = tl.load(dmf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+        dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+        qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0)
+        qq = qq.to(cd)
+        kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :], mask=mnk, other=0.0)
+        kk = kk.to(cd)
+        vv = tl.load(v_ptr + (cj * N + on[:, None]) * DV + ov[None, :], mask=mnv, other=0.0)
+        vv = vv.to(cd)
+        do = tl.load(
+            do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
+            mask=ml[:, None] & mv[None, :],
+            other=0.0,
+        ).to(cd)
+        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+        cc = tl.load(c_ptr + (cj * L + ol[:, None]) * N + on[None, :], mask=mln, other=0.0)
+        cc = cc.to(cd)
+        ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+        if L2:
+            e = tl.dot(kk.to(dd), ms.to(dd), input_precision="ieee") - vv
+        else:
+            e = -vv
+        qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
+        p = cc * qk
+        kdm = tl.dot(kk.to(dd), dm.to(dd), input_precision="ieee")
+        de = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee") - ce[:, None] * kdm
+        dp = -tl.dot(do.to(dd), tl.trans(e).to(dd), input_precision="ieee")
+        dqk = cc * dp
+        dq = tl.dot(dqk.to(dd), kk.to(dd), input_precision="ieee")
+        dq += aa[:, None] * tl.dot(do.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
+        dk = tl.dot(tl.trans(dqk).to(dd), qq.to(dd), input_precision="ieee")
+        dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
+        qms = tl.dot(qq.to(dd), ms.to(dd), input_precision="ieee")
         if MOMENTUM:
-            ds = tl.load(dsf_ptr + st_off, mask=mkv, other=0.0).to(cd)
-        for jj in range(NT):
-            j = NT - 1 - jj
-            cj = i_bh * NT + j  # chunk index in [BH, NT]
-            pj = i_v * BH * NT + cj  # chunk index in the per-column-block partials
-            ms = tl.load(
-                ms_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0
-            ).to(cd)
-            qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0).to(
-                cd
-            )
-            kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :], mask=mnk, other=0.0).to(
-                cd
-            )
-            vv = tl.load(v_ptr + (cj * N + on[:, None]) * DV + ov[None, :], mask=mnv, other=0.0).to(
-                cd
-            )
-            do = tl.load(
-                do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
-                mask=ml[:, None] & mv[None, :],
-                other=0.0,
-            ).to(cd)
-            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            cc = tl.load(c_ptr + (cj * L + ol[:, None]) * N + on[None, :], mask=mln, other=0.0).to(
-                cd
-            )
-            ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-            ae = tl.load(ae_ptr + cj).to(cd)
-            if L2:
-                e = tl.dot(kk.to(dd), ms.to(dd), input_precision="ieee") - vv
-            else:
-                e = -vv
-            qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
-            p = cc * qk
-            kdm = tl.dot(kk.to(dd), dm.to(dd), input_precision="ieee")
-            de = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee") - ce[:, None] * kdm
-            dms = ae * dm + tl.dot(
-                tl.trans(qq).to(dd), (aa[:, None] * do).to(dd), input_precision="ieee"
-            )
-            dp = -tl.dot(do.to(dd), tl.trans(e).to(dd), input_precision="ieee")
-            dqk = cc * dp
-            dq = tl.dot(dqk.to(dd), kk.to(dd), input_precision="ieee")
-            dq += aa[:, None] * tl.dot(do.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
-            dk = tl.dot(tl.trans(dqk).to(dd), qq.to(dd), input_precision="ieee")
-            dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
-            qms = tl.dot(qq.to(dd), ms.to(dd), input_precision="ieee")
-            da = tl.sum(do * qms, axis=1)
-            dae = tl.sum(dm * ms)
-            dce = -tl.sum(e * kdm, axis=1)
-            if MOMENTUM:
-                ss = tl.load(
-                    ss_ptr + cj * DK * DV + ok[:, None] * DV + ov[None, :], mask=mkv, other=0.0
-                ).to(cd)
-                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-                be = tl.load(be_ptr + cj).to(cd)
-                te = tl.load(te_ptr + cj).to(cd)
-                cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-                kds = tl.dot(kk.to(dd), ds.to(dd), input_precision="ieee")
-                de -= cse[:, None] * kds
-                dss = be * dm + te * ds
-                dss += tl.dot(
-                    tl.trans(qq).to(dd), (bm[:, None] * do).to(dd), input_precision="ieee"
-                )
-                dq += bm[:, None] * tl.dot(do.to(dd), tl.trans(ss).to(dd), input_precision="ieee")
-                dk -= tl.dot((cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee")
-                qss = tl.dot(qq.to(dd), ss.to(dd), input_precision="ieee")
-                tl.store(dbm_ptr + pj * L + ol, tl.sum(do * qss, axis=1), mask=ml)
-                tl.store(dbe_ptr + pj, tl.sum(dm * ss))
-                tl.store(dte_ptr + pj, tl.sum(ds * ss))
-                tl.store(dcse_ptr + pj * N + on, -tl.sum(e * kds, axis=1), mask=mn)
-                ds = dss
-            if L2:
-                dms += tl.dot(tl.trans(kk).to(dd), de.to(dd), input_precision="ieee")
-                dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
-            tl.store(dv_ptr + (cj * N + on[:, None]) * DV + ov[None, :], -de, mask=mnv)
-            tl.store(dq_ptr + (pj * L + ol[:, None]) * DK + ok[None, :], dq, mask=mlk)
-            tl.store(dk_ptr + (pj * N + on[:, None]) * DK + ok[None, :], dk, mask=mnk)
-            tl.store(dc_ptr + (pj * L + ol[:, None]) * N + on[None, :], dp * qk, mask=mln)
-            tl.store(da_ptr + pj * L + ol, da, mask=ml)
-            tl.store(dae_ptr + pj, dae)
-            tl.store(dce_ptr + pj * N + on, dce, mask=mn)
-            # the anchor output is the start state of the last chunk
-            last = (ok[:, None] * 0 + j) == NT - 1
-            dan = tl.load(dan_ptr + st_off, mask=mkv & last, other=0.0).to(cd)
-            dm = dms + dan
-        tl.store(dm0_ptr + st_off, dm, mask=mkv)
-        if MOMENTUM:
-            tl.store(ds0_ptr + st_off, ds, mask=mkv)
+            ss = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            ds = tl.load(dse_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+            kds = tl.dot(kk.to(dd), ds.to(dd), input_precision="ieee")
+            de -= cse[:, None] * kds
+            dq += bm[:, None] * tl.dot(do.to(dd), tl.trans(ss).to(dd), input_precision="ieee")
+            dk -= tl.dot((cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee")
+            qss = tl.dot(qq.to(dd), ss.to(dd), input_precision="ieee")
+            tl.store(dbm_ptr + pj * L + ol, tl.sum(do * qss, axis=1), mask=ml)
+            tl.store(dbe_ptr + pj, tl.sum(dm * ss))
+            tl.store(dte_ptr + pj, tl.sum(ds * ss))
+            tl.store(dcse_ptr + pj * N + on, -tl.sum(e * kds, axis=1), mask=mn)
+        if L2:
+            dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
+        tl.store(dv_ptr + (cj * N + on[:, None]) * DV + ov[None, :], -de, mask=mnv)
+        tl.store(dq_ptr + (pj * L + ol[:, None]) * DK + ok[None, :], dq, mask=mlk)
+        tl.store(dk_ptr + (pj * N + on[:, None]) * DK + ok[None, :], dk, mask=mnk)
+        tl.store(dc_ptr + (pj * L + ol[:, None]) * N + on[None, :], dp * qk, mask=mln)
+        tl.store(da_ptr + pj * L + ol, tl.sum(do * qms, axis=1), mask=ml)
+        tl.store(dae_ptr + pj, tl.sum(dm * ms))
+        tl.store(dce_ptr + pj * N + on, -tl.sum(e * kdm, axis=1), mask=mn)
 
-    kern: dict = {"interpret": mode == "interpret", "fwd": _omega_fwd, "bwd": _omega_bwd}
+    fns = {
+        "states": _omega_states,
+        "out": _omega_out,
+        "bwd_local": _omega_bwd_local,
+        "bwd_dh": _omega_bwd_dh,
+        "bwd_grads": _omega_bwd_grads,
+    }
+    kern: dict = {"interpret": mode == "interpret", **fns}
     if mode == "compiled":
-        key = ["L", "N", "DK", "DV"]
 
         @functools.cache
-        def fwd_tuned(bvs: tuple[int, ...]):
-            cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in bvs for w in (2, 4)]
-            return triton.autotune(configs=cfgs, key=key)(_omega_fwd)
+        def tuned(name: str, bvs: tuple[int, ...]):
+            cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in bvs for w in (2, 4, 8)]
+            return triton.autotune(configs=cfgs, key=_KEYS[name])(fns[name])
 
-        kern["fwd_tuned"] = fwd_tuned
-        kern["bwd_tuned"] = triton.autotune(
-            configs=[triton.Config({}, num_warps=w) for w in (2, 4, 8)], key=key
-        )(_omega_bwd)
+        @functools.cache
+        def warps(name: str):
+            cfgs = [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+            return triton.autotune(configs=cfgs, key=_KEYS[name])(fns[name])
+
+        kern["tuned"] = tuned
+        kern["warps"] = warps
     return kern
 
 
