@@ -130,8 +130,11 @@ def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
     def two_done() -> bool:
         if not journal.exists():
             return False
-        st = optuna.load_study(study_name="kill", storage=optuna.storages.JournalStorage(
-            optuna.storages.journal.JournalFileBackend(str(journal))))
+        try:  # the journal file exists a moment before the driver has created the study
+            st = optuna.load_study(study_name="kill", storage=optuna.storages.JournalStorage(
+                optuna.storages.journal.JournalFileBackend(str(journal))))
+        except KeyError:
+            return False
         states = [t.state for t in st.get_trials(deepcopy=False)]
         return states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states
 
