@@ -55,6 +55,7 @@ def _nan_buffers_and_fresh_warnings(monkeypatch):
     """Every kernel buffer starts as NaN (unwritten memory shows up as NaN in the checks);
     every test sees the fallback warnings (and the failed-compile memory) afresh."""
     monkeypatch.setattr(omega_triton, "NAN_FILL", True)
+    monkeypatch.setattr(omega_triton, "AUTOTUNE", False)  # on CUDA: one compile per shape
     monkeypatch.setattr(omega_triton, "_WARNED", set())
     monkeypatch.setattr(omega_triton, "_BROKEN", set())
 

@@ -6,8 +6,9 @@ cases (optimizer gd/momentum x objective l2/dot x window {1, 3, 8} x chunk {1, 4
 compares outputs, final states (memory, momentum, anchor) and the gradients of ``q, k, v``,
 every gate and ``M_0`` with the reference token loop run in float64 on CPU on the same
 (dtype-rounded) inputs. Metric: relative RMS error ``||ref - x|| / ||ref||``; a NaN anywhere
-fails the row. Kernel buffers are NaN-filled during the checks (``omega_triton.NAN_FILL``)
-so memory a kernel forgets to write shows up. A case whose Triton path did not run (a
+fails the row. Kernel buffers are NaN-filled during the checks (``omega_triton.NAN_FILL``),
+so memory a kernel forgets to write shows up, and autotuning is off
+(``omega_triton.AUTOTUNE``: one compile per shape). A case whose Triton path did not run (a
 fallback to the torch backend) gets a failing ``triton_path`` row.
 
 Budgets (``BUDGETS``): fp64 1e-10, fp32 1e-5 for every quantity (DESIGN.md §8). bf16/fp16
@@ -178,8 +179,9 @@ def run_kernel_checks(
     if device == "cpu":
         _ensure_interpreter()
     rows: list[dict] = []
-    old_fill = omega_triton.NAN_FILL
+    old_fill, old_tune = omega_triton.NAN_FILL, omega_triton.AUTOTUNE
     omega_triton.NAN_FILL = True
+    omega_triton.AUTOTUNE = False  # one config per shape: the grid has many shapes
     try:
         for opt, obj, c, b, b_, t, h, dk, dv in _cases(device, quick):
             case = f"{opt}/{obj}/c={c}/b={b}/B={b_}/T={t}/H={h}/Dk={dk}/Dv={dv}"
@@ -208,7 +210,7 @@ def run_kernel_checks(
                     rows.append(dict(case=case, dtype=dname, quantity=name, error=err,
                                      budget=bud, ok=err <= bud))
     finally:
-        omega_triton.NAN_FILL = old_fill
+        omega_triton.NAN_FILL, omega_triton.AUTOTUNE = old_fill, old_tune
     return rows
 
 

@@ -89,10 +89,11 @@ Choices:
 * Blocks: ``BK = max(16, next_pow2(Dk))``, ``BL = max(16, next_pow2(b))``,
   ``BN = max(16, next_pow2(b + c - 1))`` (``tl.dot`` needs every dimension >= 16 when
   compiled), masks for the padding, int64 offsets. ``BV``: 16 under the interpreter (one
-  fixed small config); on CUDA every kernel is autotuned over ``num_warps in {2, 4, 8}``
+  fixed small config); on CUDA every kernel is autotuned over ``num_warps in {4, 8}``
   (key: ``b, N, Dk, Dv`` as far as the kernel has them), and all but
-  ``_omega_bwd_grads`` also over ``BV in {16, 32, 64}`` (capped at
-  ``max(16, next_pow2(Dv))``); ``_omega_bwd_grads`` uses
+  ``_omega_bwd_grads`` also over the two largest ``BV`` of ``{16, 32, 64}`` up to
+  ``max(16, next_pow2(Dv))`` — four configs, so a fresh machine compiles each kernel four
+  times per shape (:data:`AUTOTUNE` off: one fixed config); ``_omega_bwd_grads`` uses
   ``BV = min(32, max(16, next_pow2(Dv)))`` (its partial-sum buffers are sized by the
   number of column blocks; an ahead-of-time sm_90 compile at Dk = Dv = 64, b = 16 spilled
   8 KB of stack per thread at BV = 64 in fp32, 1.5 KB at BV = 32).
@@ -139,6 +140,11 @@ from torch.autograd.function import once_differentiable
 from .omega_linear import _blocks, _decay_matrix, _new_halo, _State
 
 NAN_FILL = False
+AUTOTUNE = True
+"""On CUDA, autotune each kernel over a few ``BV`` x ``num_warps`` configs (a compile per
+config and shape). ``False`` (or the environment variable ``ATLAS_TRITON_AUTOTUNE=0``)
+launches one fixed config, ``BV = min(32, next_pow2(Dv))`` and 4 warps: the tests and the
+kernel checks, which sweep many shapes, use it to keep compile time down."""
 MAX_DK = 256
 MAX_WINDOW_ROWS = 256  # b + c - 1
 INTERPRET_BV = 16
@@ -169,6 +175,10 @@ def _warn_once(reason: str, msg: str) -> None:
 
 def _env_interpret() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in _TRUE
+
+
+def _autotune() -> bool:
+    return AUTOTUNE and os.environ.get("ATLAS_TRITON_AUTOTUNE", "1").strip().lower() in _TRUE
 
 
 def _nan_fill() -> bool:
@@ -554,15 +564,19 @@ def _call(kern: dict, name: str, g0: int, dv: int, args: tuple, consts: dict, bv
     """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)``. ``bv`` fixes the
     column block (kernels that write per-block partials, whose buffers are sized by the
     number of blocks); otherwise it is :data:`INTERPRET_BV` under the interpreter and
-    autotuned over ``{16, 32, 64}`` (capped at ``next_pow2(Dv)``) on CUDA."""
+    autotuned over the two largest of ``{16, 32, 64}`` up to ``next_pow2(Dv)`` on CUDA
+    (each with 4 and 8 warps), or fixed when :data:`AUTOTUNE` is off."""
     if kern["interpret"]:
         bv = bv or INTERPRET_BV
         kern[name][(g0, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
+    elif not _autotune():
+        bv = bv or min(32, _np2(dv))
+        kern[name][(g0, triton.cdiv(dv, bv))](*args, BV=bv, num_warps=4, **consts)
     elif bv is not None:
         kern["warps"](name)[(g0, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
     else:
         cap = min(64, _np2(dv))
-        fn = kern["tuned"](name, tuple(x for x in (16, 32, 64) if x <= cap))
+        fn = kern["tuned"](name, tuple(x for x in (16, 32, 64) if x <= cap)[-2:])
         fn[lambda meta: (g0, triton.cdiv(dv, meta["BV"]))](*args, **consts)
 
 
@@ -821,7 +835,7 @@ def _kernels() -> dict:
                 k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
                 mask=mn[:, None] & mk[None, :],
                 other=0.0,
-            ).to(cd)
+            ).to(dd)
             vv = tl.load(
                 v_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
                 mask=mn[:, None] & mv[None, :],
@@ -892,7 +906,7 @@ def _kernels() -> dict:
             k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
             mask=mn[:, None] & mk[None, :],
             other=0.0,
-        ).to(cd)
+        ).to(dd)
         vv = tl.load(
             v_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
             mask=mn[:, None] & mv[None, :],
@@ -902,7 +916,7 @@ def _kernels() -> dict:
             q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
             mask=ml[:, None] & mk[None, :],
             other=0.0,
-        ).to(cd)
+        ).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
         cc = tl.load(
             c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
@@ -969,7 +983,7 @@ def _kernels() -> dict:
             q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
             mask=ml[:, None] & mk[None, :],
             other=0.0,
-        ).to(cd)
+        ).to(dd)
         do = tl.load(
             do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
             mask=ml[:, None] & mv[None, :],
@@ -987,7 +1001,7 @@ def _kernels() -> dict:
                 k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
                 mask=mn[:, None] & mk[None, :],
                 other=0.0,
-            ).to(cd)
+            ).to(dd)
             cc = tl.load(
                 c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
                 mask=ml[:, None] & mn[None, :],
@@ -1065,7 +1079,7 @@ def _kernels() -> dict:
                     k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
                     mask=mn[:, None] & mk[None, :],
                     other=0.0,
-                ).to(cd)
+                ).to(dd)
                 ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
                 de = tl.load(
                     u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
@@ -1149,9 +1163,9 @@ def _kernels() -> dict:
         ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
         dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
         qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0)
-        qq = qq.to(cd)
+        qq = qq.to(dd)
         kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :], mask=mnk, other=0.0)
-        kk = kk.to(cd)
+        kk = kk.to(dd)
         vv = tl.load(v_ptr + (cj * N + on[:, None]) * DV + ov[None, :], mask=mnv, other=0.0)
         vv = vv.to(cd)
         do = tl.load(
@@ -1214,12 +1228,12 @@ def _kernels() -> dict:
 
         @functools.cache
         def tuned(name: str, bvs: tuple[int, ...]):
-            cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in bvs for w in (2, 4, 8)]
+            cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in bvs for w in (4, 8)]
             return triton.autotune(configs=cfgs, key=_KEYS[name])(fns[name])
 
         @functools.cache
         def warps(name: str):
-            cfgs = [triton.Config({}, num_warps=w) for w in (2, 4, 8)]
+            cfgs = [triton.Config({}, num_warps=w) for w in (4, 8)]
             return triton.autotune(configs=cfgs, key=_KEYS[name])(fns[name])
 
         kern["tuned"] = tuned
