@@ -293,3 +293,59 @@ def test_run_pytest_outcomes_and_timeout(tmp_path, monkeypatch):
     res = gc.run_pytest(tmp_path, 3, None)
     assert res["status"] == "timeout" and res["seconds"] < 30
     assert gc.run_pytest(tmp_path / "nowhere", 5, None)["status"] == "skipped"
+
+
+def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch):
+    """The check's steps with stand-ins for the CUDA parts: kernel checks, then the
+    benchmark, then the tests with the time left; gpu_check.json is on disk before the
+    tests start (a run cut off there keeps the measurement); a failing step gives exit 1."""
+    calls: list[str] = []
+    monkeypatch.setattr(gc, "require_cuda", lambda: None)
+    monkeypatch.setattr(gc, "prepare_fla", lambda dirs=None: FakeFla())
+    monkeypatch.setattr(ks, "environment", lambda device, fla=None: {
+        "device_name": "stand-in", "torch": torch.__version__, "cuda": None, "triton": None,
+        "fla": None})
+
+    def kernel_checks(quick, timeout):
+        calls.append("kernel_checks")
+        return {"status": "passed", "message": "1/1 rows within budget", "rows": [],
+                "summary": [], "seconds": 0.0}
+
+    def bench(settings, fla=None):
+        calls.append("bench")
+        return {"rows": [], "acceptance": {"triton_faster_than_torch": {
+            "ok": verdict["ok"], "note": "stand-in", "rule": "", "checks": []}}}
+
+    def pytest_step(repo, timeout, out_file, run_all=False):
+        calls.append("pytest")
+        saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+        assert "bench" in saved and "kernel_checks" in saved
+        assert timeout >= 30
+        return {"status": "passed", "message": "3 passed", "seconds": 0.0}
+
+    verdict = {"ok": True}
+    monkeypatch.setattr(gc, "run_kernel_checks_subprocess", kernel_checks)
+    monkeypatch.setattr(ks, "run_bench", bench)
+    monkeypatch.setattr(ks, "format_text", lambda result: "table")
+    monkeypatch.setattr(ks, "format_markdown", lambda result: "| table |\n")
+    monkeypatch.setattr(gc, "run_pytest", pytest_step)
+    assert gc.run_gpu_check(gc.Options(out=tmp_path / "out")) == 0
+    assert calls == ["kernel_checks", "bench", "pytest"]
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["ok"] is True and report["pytest"]["status"] == "passed"
+    assert (tmp_path / "out" / "bench_table.txt").read_text().strip() == "table"
+    verdict["ok"] = False
+    assert gc.run_gpu_check(gc.Options(out=tmp_path / "out")) == 1
+    report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["ok"] is False and any("acceptance" in f for f in report["failures"])
+
+
+class FakeFla:
+    """What :func:`gpu_check.prepare_fla` returns when no fla is found."""
+
+    available = False
+    version = None
+    message = "fla rows skipped: stand-in"
+
+    def info(self) -> dict:
+        return {"message": self.message}
