@@ -50,9 +50,13 @@ def newton_schulz(
     nonzero = sumsq > 0  # a zero matrix maps to zero with a zero (not NaN) gradient
     norm = torch.where(nonzero, torch.where(nonzero, sumsq, 1.0).sqrt(), 0.0)
     x = x / (norm + eps)
+    shape = x.shape
+    x = x.reshape(-1, *shape[-2:])  # baddbmm wants exactly one batch dim
     for a, b, c in sched:
-        g = x @ x.transpose(-2, -1)
-        x = a * x + (b * g + c * (g @ g)) @ x
+        g = torch.bmm(x, x.transpose(-2, -1))
+        # b*A + c*A^2, then a*X + (...) X: two fused multiply-adds, no elementwise temporaries
+        x = torch.baddbmm(x, torch.baddbmm(g, g, g, beta=b, alpha=c), x, beta=a)
+    x = x.reshape(shape)
     if transposed:
         x = x.transpose(-2, -1)
     return x.to(s.dtype)
