@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from torch.autograd.function import once_differentiable
 
 DEFAULT_COEFFS: tuple[float, float, float] = (3.4445, -4.7750, 2.0315)
 """The quintic coefficients (a, b, c) used at every step unless a schedule is given."""
@@ -51,12 +52,48 @@ def newton_schulz(
     norm = torch.where(nonzero, torch.where(nonzero, sumsq, 1.0).sqrt(), 0.0)
     x = x / (norm + eps)
     shape = x.shape
-    x = x.reshape(-1, *shape[-2:])  # baddbmm wants exactly one batch dim
-    for a, b, c in sched:
-        g = torch.bmm(x, x.transpose(-2, -1))
-        # b*A + c*A^2, then a*X + (...) X: two fused multiply-adds, no elementwise temporaries
-        x = torch.baddbmm(x, torch.baddbmm(g, g, g, beta=b, alpha=c), x, beta=a)
-    x = x.reshape(shape)
+    x = _Iterate.apply(x.reshape(-1, *shape[-2:]), tuple(sched)).reshape(shape)
     if transposed:
         x = x.transpose(-2, -1)
     return x.to(s.dtype)
+
+
+class _Iterate(torch.autograd.Function):
+    """The k quintic steps on ``x [N, m, n]`` (``m <= n``) with a hand-written backward.
+
+    Forward, per step: ``A = X X^T``, ``P = b A + c A^2``, ``X' = a X + P X`` (two fused
+    multiply-adds). Backward from ``dX'`` (``A`` and ``P`` are symmetric)::
+
+        dX  = a dX' + P dX'          dP = dX' X^T
+        dA  = b dP + c (dP A + A dP) dX += (dA + dA^T) X
+
+    3 m^2 n + 2 m^3 multiply-adds per step instead of autograd's ~5 m^2 n + 2 m^3 plus its
+    elementwise scalings and gradient accumulations. ``X, A, P`` of every step are kept for
+    the backward (``A, P`` are only ``m x m``). First-order only (no double backward
+    through the iteration; the memory ops never need one).
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, sched: tuple) -> torch.Tensor:
+        saved = []
+        keep = ctx.needs_input_grad[0]  # inference: keep nothing
+        for a, b, c in sched:
+            g = torch.bmm(x, x.transpose(-2, -1))
+            p = torch.baddbmm(g, g, g, beta=b, alpha=c)
+            if keep:
+                saved.append((x, g, p))
+            x = torch.baddbmm(x, p, x, beta=a)
+        ctx.steps = saved
+        ctx.sched = sched
+        return x
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dy: torch.Tensor) -> tuple[torch.Tensor, None]:
+        for (a, b, c), (x, g, p) in zip(reversed(ctx.sched), reversed(ctx.steps), strict=True):
+            dp = torch.bmm(dy, x.transpose(-2, -1))
+            dx = torch.baddbmm(dy, p, dy, beta=a)
+            dg = torch.baddbmm(dp, dp, g, beta=b, alpha=c)
+            dg = torch.baddbmm(dg, g, dp, alpha=c)
+            dy = torch.baddbmm(dx, dg + dg.transpose(-2, -1), x)
+        return dy, None
