@@ -286,6 +286,42 @@ def _decay_matrix(g: Tensor) -> Tensor:
     return torch.cumprod(x, dim=-2) * (idx[:, None] >= idx[None, :]).to(g.dtype)
 
 
+def _window_mask(length: int, hl: int, device: torch.device) -> Tensor:
+    """``band[t, i]``: row ``i`` of a chunk's ``length + hl`` window rows (the ``hl = c - 1``
+    halo rows first) lies in the window of the chunk's token ``t``."""
+    idx_t = torch.arange(length, device=device)[:, None]
+    idx_i = torch.arange(length + hl, device=device)[None, :]
+    return (idx_i <= idx_t + hl) & (idx_i >= idx_t)
+
+
+class _DualCoeffs(NamedTuple):
+    """Per-chunk coefficients of the gd / momentum dual form (``[..., L]`` / ``[..., L, N]``);
+    the momentum-only ones are ``None`` for gd."""
+
+    cum_a: Tensor  # A_t = prod_{tau<=t} alpha_tau
+    c_m: Tensor  # C (gd) or C_M (momentum)
+    c_s: Tensor | None  # C_S
+    b_m: Tensor | None  # Bm = Dec_a Theta
+    cum_th: Tensor | None  # Theta_t = prod_{tau<=t} theta_tau
+
+
+def _dual_coeffs(al: Tensor, et: Tensor, th: Tensor | None, wmat: Tensor,
+                 momentum: bool) -> _DualCoeffs:
+    """The decay products and the eta-weighted window matrix ``W`` folded into the dual-form
+    coefficients of :func:`_omega_torch` (gd: ``C = Dec_a (eta * W)``; momentum:
+    ``C_S = Dec_th (eta * W)``, ``C_M = Dec_a C_S``, ``Bm = Dec_a Theta``)."""
+    cum_a = torch.cumprod(al, dim=-1)
+    dec_a = _decay_matrix(al)
+    ew = et.unsqueeze(-1) * wmat
+    if not momentum:
+        return _DualCoeffs(cum_a, dec_a @ ew, None, None, None)
+    assert th is not None
+    cum_th = torch.cumprod(th, dim=-1)
+    c_s = _decay_matrix(th) @ ew
+    b_m = (dec_a @ cum_th.unsqueeze(-1)).squeeze(-1)
+    return _DualCoeffs(cum_a, dec_a @ c_s, c_s, b_m, cum_th)
+
+
 def _blocks(x: Tensor, start: int, nc: int, size: int, step: int) -> Tensor:
     """``nc`` blocks of ``size`` along dim 2 starting at ``start`` with stride ``step``:
     ``[B, H, L, *rest] -> [B, H, nc, size, *rest]``."""
@@ -363,28 +399,16 @@ def _omega_torch(
         et = _blocks(eta, start, nc, length, length)
         th = _blocks(theta, start, nc, length, length)
 
-        idx_t = torch.arange(length, device=q.device)[:, None]
-        idx_i = torch.arange(lw, device=q.device)[None, :]
-        band = (idx_i <= idx_t + hl) & (idx_i >= idx_t)  # window of token t in I coords
+        band = _window_mask(length, hl, q.device)  # window of token t in I coords
         wmat = gw.unsqueeze(-2) * band.to(gw.dtype)  # [B,H,nc,L,L+c-1]
-        cum_a = torch.cumprod(al, dim=-1)
-        dec_a = _decay_matrix(al)
-        if optimizer == "gd":
-            c_m = dec_a @ (et.unsqueeze(-1) * wmat)
-        elif optimizer == "momentum":
-            dec_th = _decay_matrix(th)
-            cum_th = torch.cumprod(th, dim=-1)
-            ew = et.unsqueeze(-1) * wmat
-            c_s = dec_th @ ew
-            c_m = dec_a @ c_s
-            b_m = (dec_a @ cum_th.unsqueeze(-1)).squeeze(-1)
-        else:
-            dec_th = _decay_matrix(th)
-            cum_th = torch.cumprod(th, dim=-1)
-            c_s = dec_th @ wmat
-            dec_eta = dec_a * et.unsqueeze(-2)
         if optimizer != "muon":
+            cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, optimizer == "momentum")
             p_mat = c_m * (qc @ kw.transpose(-1, -2))  # [B,H,nc,L,L+c-1]
+        else:
+            cum_a = torch.cumprod(al, dim=-1)
+            cum_th = torch.cumprod(th, dim=-1)
+            c_s = _decay_matrix(th) @ wmat
+            dec_eta = _decay_matrix(al) * et.unsqueeze(-2)
 
         # unbind once: indexing [:, :, j] per chunk would make autograd allocate a
         # gradient of the whole all-chunks tensor for every chunk (quadratic in T)

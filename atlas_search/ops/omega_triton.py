@@ -137,7 +137,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .omega_linear import _blocks, _decay_matrix, _new_halo, _State
+from .omega_linear import _blocks, _dual_coeffs, _new_halo, _State, _window_mask
 
 NAN_FILL = False
 AUTOTUNE = True
@@ -337,12 +337,9 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
     et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
 
-    idx_t = torch.arange(b, device=q.device)[:, None]
-    idx_i = torch.arange(n, device=q.device)[None, :]
-    band = (idx_i <= idx_t + hl) & (idx_i >= idx_t)
-    ew = et.unsqueeze(-1) * (gw.unsqueeze(-2) * band.to(cd))  # eta * W  [B,H,NT,b,N]
-    cum_a = torch.cumprod(al, dim=-1)
-    dec_a = _decay_matrix(al)
+    wmat = gw.unsqueeze(-2) * _window_mask(b, hl, q.device).to(cd)  # W  [B,H,NT,b,N]
+    th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b) if momentum else None
+    cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
     # the last real token of every chunk
     last = torch.full((nt,), b - 1, dtype=torch.long, device=q.device)
     last[-1] = (t_len - 1) % b
@@ -356,16 +353,9 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
         return x.gather(3, lin).squeeze(3)
 
     if momentum:
-        th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
-        dec_th = _decay_matrix(th)
-        cum_th = torch.cumprod(th, dim=-1)
-        c_s = dec_th @ ew
-        c_m = dec_a @ c_s
-        b_m = (dec_a @ cum_th.unsqueeze(-1)).squeeze(-1)
         extra = (b_m, end(b_m), end(cum_th), end_row(c_s))
         s0 = st.momentum
     else:
-        c_m = dec_a @ ew
         extra = (None, None, None, None)
         s0 = None
     bm, bm_end, th_end, cs_end = extra
