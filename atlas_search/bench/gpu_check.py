@@ -398,7 +398,7 @@ def run_gpu_check(opts: Options) -> int:
     report["ok"] = not failures
     report["exit_code"] = EXIT_FAILED if failures else EXIT_OK
     report["elapsed_s"] = time.monotonic() - t0
-    (opts.out / "gpu_check.json").write_text(json.dumps(ks.jsonable(report), indent=1) + "\n")
+    _save(opts.out, report)
     _say(f"wrote {opts.out / 'gpu_check.json'}, bench_table.txt, bench_table.md", t0)
     for f in failures:
         print(f"FAILED: {f}", flush=True)
@@ -406,13 +406,19 @@ def run_gpu_check(opts: Options) -> int:
     return report["exit_code"]
 
 
-def _ints(text: str) -> list[int]:
+def parse_sizes(text: str) -> list[int]:
+    """``"2k, 4096"`` -> ``[2048, 4096]`` (a ``k`` suffix multiplies by 1024); raises
+    ``ValueError`` naming the part that is not a whole number. Used by this module's options
+    and by ``atlas-search bench``."""
     out = []
     for part in text.split(","):
-        part = part.strip().lower()
-        if part:
-            mult = 1024 if part.endswith("k") else 1
-            out.append(int(part.removesuffix("k")) * mult)
+        p = part.strip().lower()
+        if not p:
+            continue
+        try:
+            out.append(int(p[:-1]) * 1024 if p.endswith("k") else int(p))
+        except ValueError:
+            raise ValueError(f"{part.strip()!r} is not a whole number (e.g. 2048 or 2k)") from None
     return out
 
 
@@ -433,8 +439,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--full-kernel-checks", action="store_true",
                     help="the whole kernel-check grid (default: the quick one)")
     ap.add_argument("--quick", action="store_true", help="a smaller benchmark grid")
-    ap.add_argument("--T", dest="ts", type=_ints, default=None, help="e.g. 2k,4k,8k,16k")
-    ap.add_argument("--head-dim", dest="head_dims", type=_ints, default=None, help="e.g. 64,128")
+    ap.add_argument("--T", dest="ts", type=parse_sizes, default=None,
+                    help="e.g. 2k,4k,8k,16k")
+    ap.add_argument("--head-dim", dest="head_dims", type=parse_sizes, default=None,
+                    help="e.g. 64,128")
     ap.add_argument("--tokens", type=int, default=None, help="B*T (default 32768)")
     ap.add_argument("--repeats", type=int, default=None)
     args = ap.parse_args(argv)

@@ -19,20 +19,17 @@ def _bad(option: str, msg: str) -> typer.Exit:
 
 def _ints(option: str, values: list[str], minimum: int = 1) -> tuple[int, ...] | None:
     """``["2k,4k", "8192"]`` -> ``(2048, 4096, 8192)``; None when no value was given."""
+    from ..bench.gpu_check import parse_sizes
+
     found: list[int] = []
     for v in values:
-        for part in v.split(","):
-            p = part.strip().lower()
-            if not p:
-                continue
-            try:
-                n = int(p[:-1]) * 1024 if p.endswith("k") else int(p)
-            except ValueError:
-                raise _bad(option, f"{part.strip()!r} is not a whole number (e.g. 2048 or "
-                           "2k)") from None
-            if n < minimum:
-                raise _bad(option, f"{n} is below {minimum}")
-            found.append(n)
+        try:
+            found += parse_sizes(v)
+        except ValueError as exc:
+            raise _bad(option, str(exc)) from None
+    for n in found:
+        if n < minimum:
+            raise _bad(option, f"{n} is below {minimum}")
     return tuple(dict.fromkeys(found)) or None
 
 
