@@ -2,38 +2,30 @@
 
 On CPU the kernels run in the Triton interpreter. Triton fixes interpreter vs compiled mode
 when it is *first imported* (its standard library, e.g. ``tl.sum``, is decorated then), so
-this module sets ``TRITON_INTERPRET=1`` at import, before anything imports triton (nothing
-in the package or the other test modules imports triton at collection time), on machines
-without CUDA (tests/conftest.py does so before any test module is imported, in case
-something imports triton during collection). On a machine without CUDA the CPU tests never
-skip: if triton was imported in compiled mode anyway, they fail. The setting stays for the
-rest of the pytest process; it only matters to triton. On a CUDA machine the module leaves
-the environment alone: the ``cuda`` params run the compiled kernels in fp32 and bf16, and
-the ``cpu`` params run in a subprocess with ``TRITON_INTERPRET=1``
-(``test_cpu_params_in_interpreter_subprocess``), because one process cannot hold both modes.
+tests/conftest.py sets ``TRITON_INTERPRET=1`` on machines without CUDA before any test
+module is imported. There the CPU tests never skip: if triton was imported in compiled mode
+anyway, they fail. On a CUDA machine the environment is left alone: the ``cuda`` params run
+the compiled kernels in fp32 and bf16, and the ``cpu`` params run in a subprocess with
+``TRITON_INTERPRET=1`` (``test_cpu_params_in_interpreter_subprocess``), because one process
+cannot hold both modes.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
 import os
 import subprocess
 import sys
 import warnings
+from pathlib import Path
 
+import pytest
 import torch
 
-if not torch.cuda.is_available() and "triton" not in sys.modules:
-    os.environ["TRITON_INTERPRET"] = "1"  # (tests/conftest.py sets it first for the session)
-
-import functools  # noqa: E402
-import itertools  # noqa: E402
-from pathlib import Path  # noqa: E402
-
-import pytest  # noqa: E402
-
-from atlas_search.bench.kernel_check import budget_of, make_inputs, rel_err, run_case  # noqa: E402
-from atlas_search.ops import omega_mlp, omega_triton  # noqa: E402
-from atlas_search.ops.omega_linear import omega_linear  # noqa: E402
+from atlas_search.bench.kernel_check import budget_of, make_inputs, rel_err, run_case
+from atlas_search.ops import omega_mlp, omega_triton
+from atlas_search.ops.omega_linear import omega_linear
 
 F64, F32, BF16 = torch.float64, torch.float32, torch.bfloat16
 INTERP = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "on", "yes")
@@ -293,12 +285,17 @@ def test_backward_kernel_error_recomputes_in_torch(monkeypatch):
     check(ref, got, F64)
 
 
-def test_auto_on_cpu_is_torch():
+@pytest.mark.parametrize("backend,opt", [
+    ("auto", "momentum"),  # auto on CPU tensors: torch
+    pytest.param("triton", "muon", marks=pytest.mark.skipif(  # muon: batched torch NS
+        CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")),
+])
+def test_torch_path_without_warning(backend, opt):
     n0 = dict(omega_triton.stats)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        o, st = _simple("auto", opt="momentum")
-    o_t, st_t = _simple("torch", opt="momentum")
+        o, st = _simple(backend, opt=opt)
+    o_t, st_t = _simple("torch", opt=opt)
     assert torch.equal(o, o_t) and torch.equal(st.momentum, st_t.momentum)
     assert omega_triton.stats == n0
 
@@ -314,17 +311,6 @@ def test_auto_on_cpu_does_not_import_triton():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env=env,
                    cwd=Path(__file__).resolve().parents[1])
-
-
-@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
-def test_muon_with_triton_runs_torch_silently():
-    n0 = dict(omega_triton.stats)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        o, st = _simple("triton", opt="muon")
-    o_t, st_t = _simple("torch", opt="muon")
-    assert torch.equal(o, o_t) and torch.equal(st.momentum, st_t.momentum)
-    assert omega_triton.stats == n0
 
 
 def test_mlp_accepts_triton_and_runs_torch():
