@@ -100,9 +100,10 @@ def test_grid_matches_reference(device, opt, obj, c, b):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_batch_heads_and_column_blocks(device):
-    """B = H = 2 and Dv = 20 (two column blocks of 16 under the interpreter): the per-(b, h,
-    column block) offsets and the partial sums over column blocks."""
-    shape = (2, 11, 2, 5, 20)
+    """B = H = 2 and Dk = Dv = 20 (two column blocks and two Dk blocks of 16 under the
+    interpreter): the per-(b, h, column block) offsets, the Dv loop of the dQ/dK kernel and
+    the partial sums over Dk blocks."""
+    shape = (2, 11, 2, 20, 20)
     for opt in ("gd", "momentum"):
         ref = reference(opt, "l2", 3, 4, shape=shape)
         got = triton_run(device, F32, opt, "l2", 3, 4, shape=shape)
@@ -124,9 +125,9 @@ def test_half_precision_operands(device, opt, obj):
 
 @pytest.mark.parametrize("device", DEVICES)
 def test_column_blocks_dot_objective(device):
-    """The dot objective (no ``U`` buffer, no ``K_I^T dE`` term in the dM recurrence) with
-    two column blocks; one forward and one backward pass count one each in ``stats``."""
-    shape = (2, 11, 2, 5, 20)
+    """The dot objective (no ``E`` buffer, no ``K_I^T dE`` term in the dM recurrence) with
+    two column blocks and two Dk blocks; one forward pass counts one in ``stats``."""
+    shape = (2, 11, 2, 20, 20)
     for opt in ("gd", "momentum"):
         ref = reference(opt, "dot", 3, 4, shape=shape)
         n0 = dict(omega_triton.stats)

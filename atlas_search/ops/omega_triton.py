@@ -65,38 +65,41 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
   Backward:
 
   3. ``_omega_states`` again: the chunk-start states.
-  4. ``_omega_bwd_local`` (parallel): ``W`` (``W_S``) and, for l2 only (where ``dE``
-     feeds ``dM_s``), ``U``, into buffers.
+  4. ``_omega_bwd_local`` (parallel): ``W`` (``W_S``) and ``U`` into buffers.
   5. ``_omega_bwd_dh`` (sequential reverse, ``dM`` (``dS``) block in registers): the
      recurrence above (the anchor-output gradient joins ``dM`` at the start of the last
-     chunk); writes every chunk's ``dM_end`` (``dS_end``) to a buffer and ``dM_0``
-     (``dS_0``).
-  6. ``_omega_bwd_grads`` (parallel): every gradient above from ``M_s, S_s, dM_end,
-     dS_end``, ``dO`` and the inputs (``dE`` recomputed, ``U`` included). Quantities that
-     sum over ``Dv`` (``dQ, dK_I, dC, dA, dBm`` and the chunk-end ones) are written per
-     column block and summed in torch; ``dV_I`` is per block.
+     chunk; ``dE`` feeds ``dM_s`` for l2 only); writes every chunk's ``dM_end``
+     (``dS_end``) to a buffer and ``dM_0`` (``dS_0``).
+  6. ``_omega_bwd_dv`` (parallel over chunks and Dv column blocks): ``dE`` from ``U`` and
+     ``dM_end`` (``dS_end``), written as ``dV_I = -dE``, and (l2) ``E`` into a buffer.
+  7. ``_omega_bwd_dqk`` (parallel over chunks and Dk blocks of at most 64, as fla's
+     ``chunk_bwd_dqkwg``): loops over Dv, accumulating ``dP``, ``dO M_s^T``
+     (``dO S_s^T``) and ``dK_I`` in fp32 registers, then writes ``dQ`` and ``dK_I``
+     whole; the gradients that also sum over Dk (``dC, dA, dBm`` and the chunk-end ones)
+     are written per Dk block and summed in torch. (One kernel per (chunk, column block)
+     holding ``dQ, dK_I`` for all of Dk spilled kilobytes of registers per thread at
+     ``Dk = 128``, and wrote Dv/32 partial copies of them.)
 
   Memory: the price of the parallel kernels is ``[B*H, NT, Dk, Dv]`` buffers in the
   computation dtype (``NT*Dk*Dv`` per head, i.e. ``T/b`` states instead of one), alive
   only during one pass: the forward holds the states (x2 for momentum); the backward
-  holds the states, ``dM_end`` and ``W`` (each x2 for momentum) and ``U`` (l2,
-  ``[B*H, NT, N, Dv]``; ``U, W`` are freed after step 5), plus the per-column-block
-  gradient partials as before. E.g. ``b = 16``, ``Dk = Dv = 128``, ``T = 4096``, fp32:
-  16 MiB per head and buffer.
+  holds the states, ``dM_end`` and ``W`` (each x2 for momentum), ``U`` and ``E``
+  (``[B*H, NT, N, Dv]``; ``W`` is freed after step 5, ``U`` after step 6), plus the
+  per-Dk-block gradient partials. E.g. ``b = 16``, ``Dk = Dv = 128``, ``T = 4096``,
+  fp32: 16 MiB per head and buffer.
 
 Choices:
 
 * Blocks: ``BK = max(16, next_pow2(Dk))``, ``BL = max(16, next_pow2(b))``,
   ``BN = max(16, next_pow2(b + c - 1))`` (``tl.dot`` needs every dimension >= 16 when
   compiled), masks for the padding, int64 offsets. ``BV``: 16 under the interpreter (one
-  fixed small config); on CUDA every kernel is autotuned over ``num_warps in {4, 8}``
-  (key: ``b, N, Dk, Dv`` as far as the kernel has them), and all but
-  ``_omega_bwd_grads`` also over the two largest ``BV`` of ``{16, 32, 64}`` up to
-  ``max(16, next_pow2(Dv))`` — four configs, so a fresh machine compiles each kernel four
-  times per shape (:data:`AUTOTUNE` off: one fixed config); ``_omega_bwd_grads`` uses
-  ``BV = min(32, max(16, next_pow2(Dv)))`` (its partial-sum buffers are sized by the
-  number of column blocks; an ahead-of-time sm_90 compile at Dk = Dv = 64, b = 16 spilled
-  8 KB of stack per thread at BV = 64 in fp32, 1.5 KB at BV = 32).
+  fixed small config, also the Dk block of ``_omega_bwd_dqk`` there, so small test
+  shapes cover several blocks); on CUDA each kernel is autotuned over two or three
+  ``(BV, num_warps)`` configs of :func:`configs` (key: ``b, N, Dk, Dv`` as far as the
+  kernel has them; :data:`AUTOTUNE` off: the first one), chosen from ahead-of-time sm_90
+  compiles (``python -m atlas_search.bench.aot_check``) so that the first config of each
+  kernel spills no registers at the benchmark's shapes (bf16, b = 64, Dk = Dv <= 128,
+  c = 1) except ``_omega_bwd_dqk`` (72 bytes per thread).
   Supported sizes: ``Dk <= 256`` and ``b + c - 1 <= 256`` (larger runs the torch backend).
 * Dtypes: ``q, k, v`` may be fp16, bf16, fp32 or fp64. The computation dtype is fp64 for
   fp64 inputs, else fp32 (coefficients are built in it, every kernel load is converted to
@@ -550,24 +553,62 @@ def _backward_torch(q, k, v, coef, m0, s0, do, dmf, dsf, dman, l2):
 # ----------------------------------------------------------------------------- launches
 
 
-def _call(kern: dict, name: str, g0: int, dv: int, args: tuple, consts: dict, bv=None) -> None:
-    """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)``. ``bv`` fixes the
-    column block (kernels that write per-block partials, whose buffers are sized by the
-    number of blocks); otherwise it is :data:`INTERPRET_BV` under the interpreter and
-    autotuned over the two largest of ``{16, 32, 64}`` up to ``next_pow2(Dv)`` on CUDA
-    (each with 4 and 8 warps), or fixed when :data:`AUTOTUNE` is off."""
-    if kern["interpret"]:
-        bv = bv or INTERPRET_BV
-        kern[name][(g0, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
-    elif not _autotune():
-        bv = bv or min(32, _np2(dv))
-        kern[name][(g0, triton.cdiv(dv, bv))](*args, BV=bv, num_warps=4, **consts)
-    elif bv is not None:
-        kern["warps"](name)[(g0, triton.cdiv(dv, bv))](*args, BV=bv, **consts)
+def _dqk_bk(dk: int, interpret: bool = False) -> int:
+    """Dk block of ``_omega_bwd_dqk`` (its grid axis; the partial sums over Dk blocks are
+    sized by it): :data:`INTERPRET_BV` under the interpreter, else
+    ``min(64, next_pow2(Dk))``."""
+    return INTERPRET_BV if interpret else min(64, _np2(dk))
+
+
+def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
+    """The ``(BV, num_warps)`` configs kernel ``name`` is autotuned over on CUDA (``BV``: the
+    Dv column block of the grid; for ``bwd_dqk`` the Dv block of its inner loop). The first
+    one is the fixed config used when :data:`AUTOTUNE` is off.
+
+    Chosen from sm_90 ahead-of-time compiles (:mod:`atlas_search.bench.aot_check`, bf16,
+    b = 64): the register file, not shared memory, limits these kernels. The sequential
+    kernels (``states``, ``bwd_dh``) hold a ``[Dk, BV]`` state block and a chunk of keys, so
+    ``BV`` is 16 from ``Dk >= 128`` (32 below) with 8 warps, which spills nothing at
+    ``c = 1``; ``bwd_dqk`` (a ``Dk`` block of at most 64) keeps three or four fp32
+    accumulators and runs 8 warps with a Dv loop block of 32 or 16 (64 needs more shared
+    memory than sm_90 has at ``c = 16``); the other
+    parallel kernels are light (no spills at ``BV = 32``, 4 warps)."""
+    cap = _np2(dv)
+    if name == "bwd_dqk":
+        cands = [(32, 8), (16, 8)]
+    elif name in ("states", "bwd_dh"):
+        bv = 16 if _np2(dk) >= 128 else 32
+        cands = [(bv, 8), (2 * bv, 8), (bv, 4)]
     else:
-        cap = min(64, _np2(dv))
-        fn = kern["tuned"](name, tuple(x for x in (16, 32, 64) if x <= cap)[-2:])
-        fn[lambda meta: (g0, triton.cdiv(dv, meta["BV"]))](*args, **consts)
+        cands = [(32, 4), (32, 8), (64, 8)]
+    out = []
+    for bv, w in cands:
+        c = (min(bv, cap), w)
+        if c not in out:
+            out.append(c)
+    return tuple(out)
+
+
+def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts: dict,
+          g1: int | None = None) -> None:
+    """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)``, or ``(g0, g1)`` when
+    ``g1`` is given (``bwd_dqk``: Dk blocks). ``BV`` = :data:`INTERPRET_BV` under the
+    interpreter; on CUDA autotuned over :func:`configs`, or its first config when
+    :data:`AUTOTUNE` is off."""
+
+    def grid(bv: int) -> tuple[int, int]:
+        return (g0, triton.cdiv(dv, bv) if g1 is None else g1)
+
+    if kern["interpret"]:
+        kern[name][grid(INTERPRET_BV)](*args, BV=INTERPRET_BV, **consts)
+        return
+    cfgs = configs(name, dk, dv)
+    if not _autotune():
+        bv, w = cfgs[0]
+        kern[name][grid(bv)](*args, BV=bv, num_warps=w, **consts)
+        return
+    fn = kern["tuned"](name, cfgs)
+    fn[lambda meta: grid(meta["BV"])](*args, **consts)
 
 
 def _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
@@ -602,7 +643,7 @@ def _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
         dv,
     )
     consts = dict(BN=_np2(n), BK=_np2(dk), MOMENTUM=mom, L2=l2, LOWP=_lowp(k, kern["interpret"]))
-    _call(kern, "states", bh, dv, args, consts)
+    _call(kern, "states", bh, dk, dv, args, consts)
     return mf, sf, ms, ss
 
 
@@ -624,7 +665,7 @@ def _launch_forward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2):
             L2=l2,
             LOWP=_lowp(q, kern["interpret"]),
         )
-        _call(kern, "out", bh * nt, dv, args, consts)
+        _call(kern, "out", bh * nt, dk, dv, args, consts)
         man = ms[:, nt - 1].clone()  # the anchor output: the start state of the last chunk
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
@@ -649,12 +690,12 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
         flags = dict(MOMENTUM=mom, L2=l2, LOWP=lowp)
         blk = dict(BL=_np2(b), BN=_np2(n), BK=_np2(dk))
 
-        # local: W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (l2 only)
+        # local: W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO
         w = _empty((bh, nt, dk, dv), cd, dev)
         ws = _empty((bh, nt, dk, dv), cd, dev) if mom else w
-        u = _empty((bh, nt, n, dv), cd, dev) if l2 else w
+        u = _empty((bh, nt, n, dv), cd, dev)
         args = (q, k, a, c, bm if mom else dummy, do, u, w, ws, b, n, dk, dv)
-        _call(kern, "bwd_local", nc, dv, args, {**blk, **flags})
+        _call(kern, "bwd_local", nc, dk, dv, args, {**blk, **flags})
 
         # reverse recurrence: dM_end (dS_end) of every chunk, dM_0 (dS_0)
         dme = _empty((bh, nt, dk, dv), cd, dev)
@@ -683,24 +724,30 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dk,
             dv,
         )
-        _call(kern, "bwd_dh", bh, dv, args, dict(BN=blk["BN"], BK=blk["BK"], **flags))
-        del u, w, ws
+        _call(kern, "bwd_dh", bh, dk, dv, args, dict(BN=blk["BN"], BK=blk["BK"], **flags))
+        del w, ws
 
-        # gradients, per chunk and column block (partials over Dv summed below)
-        bv = INTERPRET_BV if kern["interpret"] else min(32, _np2(dv))
-        nv = triton.cdiv(dv, bv)
-        dq = _empty((nv, bh, nt, b, dk), cd, dev)
-        dk_ = _empty((nv, bh, nt, n, dk), cd, dev)
+        # dV_I = -dE and (l2) E, per (chunk, column block)
         dv_ = _empty((bh, nt, n, dv), cd, dev)
-        da = _empty((nv, bh, nt, b), cd, dev)
-        dc = _empty((nv, bh, nt, b, n), cd, dev)
-        dae = _empty((nv, bh, nt), cd, dev)
-        dce = _empty((nv, bh, nt, n), cd, dev)
+        e = _empty((bh, nt, n, dv), cd, dev) if l2 else dv_
+        args = (k, v, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, n, dk, dv)
+        _call(kern, "bwd_dv", nc, dk, dv, args, dict(BN=blk["BN"], BK=blk["BK"], **flags))
+        del u
+
+        # dQ, dK_I whole; the Dk-summed gradients per Dk block (summed below)
+        bk = _dqk_bk(dk, kern["interpret"])
+        nk = triton.cdiv(dk, bk)
+        dq = _empty((bh, nt, b, dk), cd, dev)
+        dk_ = _empty((bh, nt, n, dk), cd, dev)
+        da = _empty((nk, bh, nt, b), cd, dev)
+        dc = _empty((nk, bh, nt, b, n), cd, dev)
+        dae = _empty((nk, bh, nt), cd, dev)
+        dce = _empty((nk, bh, nt, n), cd, dev)
         if mom:
-            dbm = _empty((nv, bh, nt, b), cd, dev)
-            dbe = _empty((nv, bh, nt), cd, dev)
-            dte = _empty((nv, bh, nt), cd, dev)
-            dcse = _empty((nv, bh, nt, n), cd, dev)
+            dbm = _empty((nk, bh, nt, b), cd, dev)
+            dbe = _empty((nk, bh, nt), cd, dev)
+            dte = _empty((nk, bh, nt), cd, dev)
+            dcse = _empty((nk, bh, nt, n), cd, dev)
         else:
             dbm = dbe = dte = dcse = da
         args = (
@@ -717,9 +764,10 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dme,
             dse,
             do,
+            e,
+            dv_,
             dq,
             dk_,
-            dv_,
             da,
             dc,
             dbm,
@@ -734,15 +782,16 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dk,
             dv,
         )
-        _call(kern, "bwd_grads", nc, dv, args, {**blk, **flags}, bv=bv)
+        consts = dict(BL=blk["BL"], BN=blk["BN"], BK=bk, **flags)
+        _call(kern, "bwd_dqk", nc, dk, dv, args, consts, g1=nk)
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
     stats["backward"] += 1
 
     def red(x):
-        return x.sum(0) if nv > 1 else x[0]
+        return x.sum(0) if nk > 1 else x[0]
 
-    out = [red(dq), red(dk_), dv_, red(da), red(dc)]
+    out = [dq, dk_, dv_, red(da), red(dc)]
     out += [red(dbm) if mom else None, red(dae)]
     out += [red(dbe), red(dte)] if mom else [None, None]
     out += [red(dce), red(dcse) if mom else None, dm0, ds0 if mom else None]
@@ -757,7 +806,8 @@ _KEYS = {
     "out": ["L", "N", "DK", "DV"],
     "bwd_local": ["L", "N", "DK", "DV"],
     "bwd_dh": ["N", "DK", "DV"],
-    "bwd_grads": ["L", "N", "DK", "DV"],
+    "bwd_dv": ["N", "DK", "DV"],
+    "bwd_dqk": ["L", "N", "DK", "DV"],
 }
 
 
@@ -954,7 +1004,7 @@ def _kernels() -> dict:
         LOWP: tl.constexpr,
     ):
         # parallel: the dO terms of the reverse recurrence that need no dM:
-        # W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (l2: dE feeds dM_s)
+        # W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (the dO part of dE)
         cj = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = w_ptr.dtype.element_ty
@@ -986,24 +1036,23 @@ def _kernels() -> dict:
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
             ws = tl.dot(tl.trans(qq).to(dd), (bm[:, None] * do).to(dd), input_precision="ieee")
             tl.store(ws_ptr + cs_off, ws, mask=mkv)
-        if L2:
-            kk = tl.load(
-                k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
-                mask=mn[:, None] & mk[None, :],
-                other=0.0,
-            ).to(dd)
-            cc = tl.load(
-                c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
-                mask=ml[:, None] & mn[None, :],
-                other=0.0,
-            ).to(cd)
-            p = cc * tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
-            u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
-            tl.store(
-                u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
-                u,
-                mask=mn[:, None] & mv[None, :],
-            )
+        kk = tl.load(
+            k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
+            mask=mn[:, None] & mk[None, :],
+            other=0.0,
+        ).to(dd)
+        cc = tl.load(
+            c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
+            mask=ml[:, None] & mn[None, :],
+            other=0.0,
+        ).to(cd)
+        p = cc * tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
+        u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
+        tl.store(
+            u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
+            u,
+            mask=mn[:, None] & mv[None, :],
+        )
 
     @triton.jit
     def _omega_bwd_dh(
@@ -1092,7 +1141,63 @@ def _kernels() -> dict:
             tl.store(ds0_ptr + st_off, ds, mask=mkv)
 
     @triton.jit
-    def _omega_bwd_grads(
+    def _omega_bwd_dv(
+        k_ptr,
+        v_ptr,
+        ce_ptr,
+        cse_ptr,
+        ms_ptr,
+        dme_ptr,
+        dse_ptr,
+        u_ptr,
+        e_ptr,
+        dv_ptr,
+        N,
+        DK,
+        DV,
+        BN: tl.constexpr,
+        BK: tl.constexpr,
+        BV: tl.constexpr,
+        MOMENTUM: tl.constexpr,
+        L2: tl.constexpr,
+        LOWP: tl.constexpr,
+    ):
+        # parallel: one program per (chunk, Dv column block):
+        # dE = U - c_end ∘ K_I dM_end [- cS_end ∘ K_I dS_end] -> dV_I = -dE, and (l2)
+        # E = K_I M_s - V_I for _omega_bwd_dqk
+        cj = tl.program_id(0).to(tl.int64)
+        i_v = tl.program_id(1).to(tl.int64)
+        cd = ms_ptr.dtype.element_ty
+        dd = k_ptr.dtype.element_ty if LOWP else cd
+        on = tl.arange(0, BN)
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        mn = on < N
+        mk = ok < DK
+        mv = ov < DV
+        mkv = mk[:, None] & mv[None, :]
+        mnv = mn[:, None] & mv[None, :]
+        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        nv_off = (cj * N + on[:, None]) * DV + ov[None, :]
+        kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
+                     mask=mn[:, None] & mk[None, :], other=0.0).to(dd)
+        dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+        ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+        de = tl.load(u_ptr + nv_off, mask=mnv, other=0.0).to(cd)
+        de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
+        if MOMENTUM:
+            ds = tl.load(dse_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+            de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
+        tl.store(dv_ptr + nv_off, -de, mask=mnv)
+        if L2:
+            ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            vv = tl.load(v_ptr + nv_off, mask=mnv, other=0.0).to(cd)
+            e = tl.dot(kk, ms.to(dd), input_precision="ieee") - vv
+            tl.store(e_ptr + nv_off, e, mask=mnv)
+
+    @triton.jit
+    def _omega_bwd_dqk(
         q_ptr,
         k_ptr,
         v_ptr,
@@ -1106,9 +1211,10 @@ def _kernels() -> dict:
         dme_ptr,
         dse_ptr,
         do_ptr,
+        e_ptr,
+        dv_ptr,
         dq_ptr,
         dk_ptr,
-        dv_ptr,
         da_ptr,
         dc_ptr,
         dbm_ptr,
@@ -1130,104 +1236,114 @@ def _kernels() -> dict:
         L2: tl.constexpr,
         LOWP: tl.constexpr,
     ):
-        # parallel: one program per (chunk, Dv column block), from M_s (S_s), dM_end (dS_end)
+        # parallel: one program per (chunk, Dk block of BK), looping over Dv in blocks of BV
+        # with the Dv-summed products in fp32 accumulators (dP, dO M_s^T, dO S_s^T, dK_I):
+        # dQ and dK_I are written whole; the terms that also sum over Dk (dC, dA, dBm and
+        # the chunk-end gate gradients) are written per Dk block and summed in torch.
         cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT] (NC of them)
-        i_v = tl.program_id(1).to(tl.int64)
-        pj = i_v * NC + cj  # chunk index in the per-column-block partials
+        i_k = tl.program_id(1).to(tl.int64)
+        pj = i_k * NC + cj  # chunk index in the per-Dk-block partials
         cd = ms_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         on = tl.arange(0, BN)
-        ok = tl.arange(0, BK)
-        ov = i_v * BV + tl.arange(0, BV)
+        ok = i_k * BK + tl.arange(0, BK)
         ml = ol < L
         mn = on < N
         mk = ok < DK
-        mv = ov < DV
-        mkv = mk[:, None] & mv[None, :]
         mlk = ml[:, None] & mk[None, :]
         mnk = mn[:, None] & mk[None, :]
         mln = ml[:, None] & mn[None, :]
-        mnv = mn[:, None] & mv[None, :]
-        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
-        ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0)
-        qq = qq.to(dd)
         kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :], mask=mnk, other=0.0)
         kk = kk.to(dd)
-        vv = tl.load(v_ptr + (cj * N + on[:, None]) * DV + ov[None, :], mask=mnv, other=0.0)
-        vv = vv.to(cd)
-        do = tl.load(
-            do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
-            mask=ml[:, None] & mv[None, :],
-            other=0.0,
-        ).to(cd)
-        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+        ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+        if MOMENTUM:
+            cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+        dp = tl.zeros([BL, BN], dtype=cd)
+        tq = tl.zeros([BL, BK], dtype=cd)  # dO M_s^T
+        ts = tl.zeros([BL, BK], dtype=cd)  # dO S_s^T
+        dk = tl.zeros([BN, BK], dtype=cd)
+        dce = tl.zeros([BN], dtype=cd)
+        dcse = tl.zeros([BN], dtype=cd)
+        dae = tl.zeros([BK], dtype=cd)
+        dbe = tl.zeros([BK], dtype=cd)
+        dte = tl.zeros([BK], dtype=cd)
+        for i_v in range(0, tl.cdiv(DV, BV)):
+            ov = i_v * BV + tl.arange(0, BV)
+            mv = ov < DV
+            mkv = mk[:, None] & mv[None, :]
+            mnv = mn[:, None] & mv[None, :]
+            st_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+            nv_off = (cj * N + on[:, None]) * DV + ov[None, :]
+            do = tl.load(do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
+                         mask=ml[:, None] & mv[None, :], other=0.0).to(dd)
+            if L2:
+                e = tl.load(e_ptr + nv_off, mask=mnv, other=0.0).to(cd)
+            else:
+                e = -tl.load(v_ptr + nv_off, mask=mnv, other=0.0).to(cd)
+            ms = tl.load(ms_ptr + st_off, mask=mkv, other=0.0).to(cd)
+            dm = tl.load(dme_ptr + st_off, mask=mkv, other=0.0).to(cd)
+            dp -= tl.dot(do, tl.trans(e).to(dd), input_precision="ieee")
+            tq += tl.dot(do, tl.trans(ms).to(dd), input_precision="ieee")
+            kdm = tl.dot(kk, dm.to(dd), input_precision="ieee")
+            dce -= tl.sum(e * kdm, axis=1)
+            dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
+            if L2:
+                de = -tl.load(dv_ptr + nv_off, mask=mnv, other=0.0).to(cd)
+                dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
+            dae += tl.sum(dm * ms, axis=1)
+            if MOMENTUM:
+                ss = tl.load(ss_ptr + st_off, mask=mkv, other=0.0).to(cd)
+                ds = tl.load(dse_ptr + st_off, mask=mkv, other=0.0).to(cd)
+                ts += tl.dot(do, tl.trans(ss).to(dd), input_precision="ieee")
+                kds = tl.dot(kk, ds.to(dd), input_precision="ieee")
+                dcse -= tl.sum(e * kds, axis=1)
+                dk -= tl.dot(
+                    (cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee"
+                )
+                dbe += tl.sum(dm * ss, axis=1)
+                dte += tl.sum(ds * ss, axis=1)
+        qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0)
+        qq = qq.to(dd)
         cc = tl.load(c_ptr + (cj * L + ol[:, None]) * N + on[None, :], mask=mln, other=0.0)
         cc = cc.to(cd)
-        ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-        if L2:
-            e = tl.dot(kk.to(dd), ms.to(dd), input_precision="ieee") - vv
-        else:
-            e = -vv
-        qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
-        p = cc * qk
-        kdm = tl.dot(kk.to(dd), dm.to(dd), input_precision="ieee")
-        de = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee") - ce[:, None] * kdm
-        dp = -tl.dot(do.to(dd), tl.trans(e).to(dd), input_precision="ieee")
+        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
         dqk = cc * dp
-        dq = tl.dot(dqk.to(dd), kk.to(dd), input_precision="ieee")
-        dq += aa[:, None] * tl.dot(do.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
-        dk = tl.dot(tl.trans(dqk).to(dd), qq.to(dd), input_precision="ieee")
-        dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
-        qms = tl.dot(qq.to(dd), ms.to(dd), input_precision="ieee")
+        dq = aa[:, None] * tq + tl.dot(dqk.to(dd), kk, input_precision="ieee")
+        dk += tl.dot(tl.trans(dqk).to(dd), qq, input_precision="ieee")
+        qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
+        qf = qq.to(cd)
         if MOMENTUM:
-            ss = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-            ds = tl.load(dse_ptr + cs_off, mask=mkv, other=0.0).to(cd)
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-            kds = tl.dot(kk.to(dd), ds.to(dd), input_precision="ieee")
-            de -= cse[:, None] * kds
-            dq += bm[:, None] * tl.dot(do.to(dd), tl.trans(ss).to(dd), input_precision="ieee")
-            dk -= tl.dot((cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee")
-            qss = tl.dot(qq.to(dd), ss.to(dd), input_precision="ieee")
-            tl.store(dbm_ptr + pj * L + ol, tl.sum(do * qss, axis=1), mask=ml)
-            tl.store(dbe_ptr + pj, tl.sum(dm * ss))
-            tl.store(dte_ptr + pj, tl.sum(ds * ss))
-            tl.store(dcse_ptr + pj * N + on, -tl.sum(e * kds, axis=1), mask=mn)
-        if L2:
-            dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
-        tl.store(dv_ptr + (cj * N + on[:, None]) * DV + ov[None, :], -de, mask=mnv)
-        tl.store(dq_ptr + (pj * L + ol[:, None]) * DK + ok[None, :], dq, mask=mlk)
-        tl.store(dk_ptr + (pj * N + on[:, None]) * DK + ok[None, :], dk, mask=mnk)
+            dq += bm[:, None] * ts
+            tl.store(dbm_ptr + pj * L + ol, tl.sum(qf * ts, axis=1), mask=ml)
+            tl.store(dbe_ptr + pj, tl.sum(dbe))
+            tl.store(dte_ptr + pj, tl.sum(dte))
+            tl.store(dcse_ptr + pj * N + on, dcse, mask=mn)
+        tl.store(dq_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], dq, mask=mlk)
+        tl.store(dk_ptr + (cj * N + on[:, None]) * DK + ok[None, :], dk, mask=mnk)
         tl.store(dc_ptr + (pj * L + ol[:, None]) * N + on[None, :], dp * qk, mask=mln)
-        tl.store(da_ptr + pj * L + ol, tl.sum(do * qms, axis=1), mask=ml)
-        tl.store(dae_ptr + pj, tl.sum(dm * ms))
-        tl.store(dce_ptr + pj * N + on, -tl.sum(e * kdm, axis=1), mask=mn)
+        tl.store(da_ptr + pj * L + ol, tl.sum(qf * tq, axis=1), mask=ml)
+        tl.store(dae_ptr + pj, tl.sum(dae))
+        tl.store(dce_ptr + pj * N + on, dce, mask=mn)
 
     fns = {
         "states": _omega_states,
         "out": _omega_out,
         "bwd_local": _omega_bwd_local,
         "bwd_dh": _omega_bwd_dh,
-        "bwd_grads": _omega_bwd_grads,
+        "bwd_dv": _omega_bwd_dv,
+        "bwd_dqk": _omega_bwd_dqk,
     }
     kern: dict = {"interpret": mode == "interpret", **fns}
     if mode == "compiled":
 
         @functools.cache
-        def tuned(name: str, bvs: tuple[int, ...]):
-            cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in bvs for w in (4, 8)]
-            return triton.autotune(configs=cfgs, key=_KEYS[name])(fns[name])
-
-        @functools.cache
-        def warps(name: str):
-            cfgs = [triton.Config({}, num_warps=w) for w in (4, 8)]
-            return triton.autotune(configs=cfgs, key=_KEYS[name])(fns[name])
+        def tuned(name: str, cfgs: tuple[tuple[int, int], ...]):
+            cfg = [triton.Config({"BV": bv}, num_warps=w) for bv, w in cfgs]
+            return triton.autotune(configs=cfg, key=_KEYS[name])(fns[name])
 
         kern["tuned"] = tuned
-        kern["warps"] = warps
     return kern
 
 

@@ -1,0 +1,253 @@
+"""Ahead-of-time compile of the Triton kernels for a GPU, on a machine without one.
+
+Triton's compiler and ``ptxas`` (both in the triton wheel) build every kernel of
+:mod:`atlas_search.ops.omega_triton` for a CUDA target (``sm_90`` by default) exactly as a
+first launch on that GPU would, for each shape variant and each autotune config of
+:func:`omega_triton.configs`, and report what ``ptxas -v`` says: registers per thread,
+spill stores (bytes per thread written to local memory: the register file overflowed),
+stack frame, and the shared memory of the launch. A variant that does not compile, or
+needs more shared memory than the target has, is a failure (exit code 1).
+
+What it proves and what it does not: the kernels build in compiled mode (the interpreter
+tests cannot see compile-only errors such as a ``tl.dot`` block under 16, a dtype clash
+or too much shared memory), and which configs spill. Speed needs a GPU
+(:mod:`.kernels_speed`).
+
+Variants: the benchmark's shapes by default (:func:`variants`): bf16 and fp32 inputs,
+gd and momentum, the l2 objective, head dims 64 and 128, chunk 64, windows 1 and 16
+(``N = b + c - 1`` window rows: 64 and 79). ``quick``: bf16 gd, head dim 64, c = 1, the
+first config of each kernel (the CI test).
+
+Run as ``python -m atlas_search.bench.aot_check`` (``--help``); it must be a process in
+which triton was not imported in interpreter mode (``TRITON_INTERPRET`` is dropped at
+start). Compiles go to a fresh cache folder, so ``ptxas`` always runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, replace
+
+KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk")
+SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
+_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr")  # the others: fp32
+_TL = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One shape/dtype case of the kernels."""
+
+    dtype: str  # bfloat16 | float16 | float32
+    momentum: bool
+    l2: bool
+    head_dim: int  # Dk = Dv
+    chunk: int  # b
+    window: int  # c
+
+    @property
+    def rows(self) -> int:
+        return self.chunk + self.window - 1  # N
+
+
+@dataclass
+class Row:
+    """What ptxas reported for one kernel, variant and config."""
+
+    kernel: str
+    dtype: str
+    optimizer: str
+    head_dim: int
+    chunk: int
+    window: int
+    bv: int
+    num_warps: int
+    registers: int | None = None
+    spill_stores: int | None = None
+    stack: int | None = None
+    shared: int | None = None
+    seconds: float = 0.0
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def variants(quick: bool = False, head_dims: Iterable[int] = (64, 128), chunk: int = 64,
+             windows: Iterable[int] = (1, 16), dtypes: Iterable[str] = ("bfloat16", "float32"),
+             momentum: Iterable[bool] = (False, True)) -> list[Variant]:
+    """The variants to compile (module docstring)."""
+    if quick:
+        return [Variant("bfloat16", False, True, 64, chunk, 1)]
+    return [Variant(dt, mom, True, d, chunk, c) for dt in dtypes for mom in momentum
+            for d in head_dims for c in windows]
+
+
+def _ready_triton():
+    """Import triton in compiled mode (drop ``TRITON_INTERPRET`` first); error if it was
+    already imported as an interpreter."""
+    if "triton" not in sys.modules:
+        os.environ.pop("TRITON_INTERPRET", None)
+    from ..ops import omega_triton as ot
+
+    kern = ot._kernels()
+    if kern["interpret"]:
+        raise RuntimeError("triton was imported in interpreter mode in this process; run the "
+                           "AOT check in a fresh process without TRITON_INTERPRET=1")
+    return ot, kern
+
+
+def _parse_ptxas(log: str) -> dict[str, int]:
+    def grab(pattern: str) -> int | None:
+        m = re.search(pattern, log)
+        return int(m.group(1)) if m else None
+
+    return {"registers": grab(r"Used (\d+) registers"),
+            "spill_stores": grab(r"(\d+) bytes spill stores"),
+            "stack": grab(r"(\d+) bytes stack frame")}
+
+
+def _block(ot, name: str, head_dim: int) -> int:
+    """The Dk block a kernel is compiled for (``bwd_dqk``: its Dk block, else all of Dk)."""
+    return ot._dqk_bk(head_dim) if name == "bwd_dqk" else ot._np2(head_dim)
+
+
+def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int,
+                arch: int = 90) -> Row:
+    """Compile kernel ``name`` for ``sm_<arch>`` at ``var`` with ``(BV, num_warps)``."""
+    import triton
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    fn = kern[name]
+    consts = {"BN": ot._np2(var.rows), "BK": _block(ot, name, var.head_dim), "BV": bv,
+              "MOMENTUM": var.momentum, "L2": var.l2, "LOWP": var.dtype != "float32"}
+    if "BL" in fn.arg_names:
+        consts["BL"] = ot._np2(var.chunk)
+    sig = {}
+    for a in fn.arg_names:
+        if a in consts:
+            sig[a] = "constexpr"
+        elif a.endswith("_ptr"):
+            sig[a] = "*" + (_TL[var.dtype] if a in _IN_DTYPE_ARGS else "fp32")
+        else:
+            sig[a] = "i32"
+    row = Row(name, var.dtype, "momentum" if var.momentum else "gd", var.head_dim, var.chunk,
+              var.window, bv, num_warps)
+    src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v
+                                         for k, v in consts.items()})
+    log = io.StringIO()
+    t0 = time.perf_counter()
+    knobs.nvidia.dump_ptxas_log = True
+    try:
+        with contextlib.redirect_stdout(log):
+            ck = triton.compile(src, target=GPUTarget("cuda", arch, 32),
+                                options={"num_warps": num_warps})
+    except Exception as exc:  # a compile error is the finding
+        row.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:200]}"
+        return row
+    finally:
+        knobs.nvidia.dump_ptxas_log = False
+        row.seconds = round(time.perf_counter() - t0, 2)
+    for k, v in _parse_ptxas(log.getvalue()).items():
+        setattr(row, k, v)
+    row.shared = int(ck.metadata.shared)
+    limit = SMEM_LIMIT.get(arch)
+    if limit is not None and row.shared > limit:
+        row.error = f"shared memory {row.shared} B > {limit} B (sm_{arch})"
+    return row
+
+
+def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True,
+                  progress: Callable[[str], None] | None = None) -> dict:
+    """Compile every kernel for every variant (every autotune config, or only the first)."""
+    ot, kern = _ready_triton()
+    rows: list[Row] = []
+    done: dict[tuple, Row] = {}  # identical compiles (bwd_dqk's Dk block) are reported once
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory() as cache:
+        from triton import knobs
+
+        old = knobs.cache.dir
+        knobs.cache.dir = cache
+        try:
+            for var in vars_:
+                for name in KERNELS:
+                    cfgs = ot.configs(name, var.head_dim, var.head_dim)
+                    for bv, w in cfgs if all_configs else cfgs[:1]:
+                        key = (name, replace(var, head_dim=_block(ot, name, var.head_dim)),
+                               bv, w)
+                        if key in done:
+                            row = replace(done[key], head_dim=var.head_dim, seconds=0.0)
+                        else:
+                            row = done[key] = compile_one(kern, ot, name, var, bv, w, arch)
+                        rows.append(row)
+                        if progress:
+                            progress(_line(row))
+        finally:
+            knobs.cache.dir = old
+    import triton
+
+    return {"arch": arch, "triton": triton.__version__, "rows": [asdict(r) for r in rows],
+            "failed": sum(r.error is not None for r in rows),
+            "spilling": sum(bool(r.spill_stores) for r in rows),
+            "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _line(row: Row) -> str:
+    head = (f"{row.kernel:10s} {row.dtype:8s} {row.optimizer:8s} D={row.head_dim:<3d} "
+            f"b={row.chunk} c={row.window:<2d} BV={row.bv:<2d} warps={row.num_warps}")
+    if row.error:
+        return f"{head}  FAILED {row.error}"
+    return (f"{head}  regs {row.registers}  spill {row.spill_stores} B  stack {row.stack} B"
+            f"  smem {row.shared} B  ({row.seconds:.1f} s)")
+
+
+def summary(result: dict) -> list[str]:
+    """Closing lines: counts, and the config each kernel/variant would spill least with."""
+    rows = result["rows"]
+    lines = [f"sm_{result['arch']}, triton {result['triton']}: {len(rows)} compiles in "
+             f"{result['seconds']} s, {result['failed']} failed, {result['spilling']} spill"]
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    ap.add_argument("--quick", action="store_true", help="one variant, first configs")
+    ap.add_argument("--first-config", action="store_true",
+                    help="only the fixed (AUTOTUNE off) config of each kernel")
+    ap.add_argument("--head-dim", type=int, nargs="*", default=[64, 128])
+    ap.add_argument("--window", type=int, nargs="*", default=[1, 16])
+    ap.add_argument("--chunk", type=int, default=64)
+    ap.add_argument("--dtype", nargs="*", default=["bfloat16", "float32"], choices=list(_TL))
+    ap.add_argument("--json", help="write the rows as JSON to this file")
+    a = ap.parse_args(argv)
+    vs = variants(a.quick, a.head_dim, a.chunk, a.window, a.dtype)
+    try:
+        result = run_aot_check(vs, a.arch, all_configs=not (a.quick or a.first_config),
+                               progress=print)
+    except (ImportError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for line in summary(result):
+        print(line)
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    return 1 if result["failed"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
