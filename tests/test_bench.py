@@ -349,3 +349,47 @@ class FakeFla:
 
     def info(self) -> dict:
         return {"message": self.message}
+
+
+# ------------------------------------------------------------------ ahead-of-time compile
+
+
+def _no_interpret_env() -> dict:
+    return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+
+
+def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
+    """Compiled mode, which the interpreter tests cannot see (a ``tl.dot`` block under 16, a
+    dtype clash, too much shared memory): Triton's compiler and the wheel's ``ptxas`` build
+    every kernel for sm_90 at the ``--quick`` variants (bf16 and fp32, gd and momentum, l2
+    and dot, with and without the halo tile), and ptxas reports its registers and
+    spills."""
+    from atlas_search.bench.aot_check import KERNELS, QUICK, SMEM_LIMIT
+
+    out = tmp_path / "aot.json"
+    r = subprocess.run([sys.executable, "-m", "atlas_search.bench.aot_check", "--quick",
+                        "--json", str(out)], env=_no_interpret_env(), capture_output=True,
+                       text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(out.read_text())
+    rows = res["rows"]
+    assert res["arch"] == 90 and res["failed"] == 0
+    assert len(rows) == len(KERNELS) * len(QUICK)
+    assert {row["kernel"] for row in rows} == set(KERNELS)
+    assert {(row["dtype"], row["window"]) for row in rows} == {(v.dtype, v.window)
+                                                                for v in QUICK}
+    for row in rows:
+        assert row["error"] is None, row
+        assert 0 < row["registers"] <= 255, row
+        assert 0 <= row["shared"] <= SMEM_LIMIT[90], row  # bwd_dh for dot: no tl.dot
+        assert row["spill_stores"] is not None and row["stack"] is not None, row
+    assert f"{len(rows)} compiles" in r.stdout
+
+
+def test_aot_check_refuses_an_interpreter_process():
+    code = ("import triton\nfrom atlas_search.bench.aot_check import main\n"
+            "raise SystemExit(main(['--quick']))")
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2
+    assert "interpreter mode" in r.stderr and "Traceback" not in r.stderr

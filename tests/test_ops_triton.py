@@ -155,7 +155,7 @@ def test_state_kernel_writes_every_chunk_start(mom, l2):
     if not mom:
         bm = be = te = cse = s0 = None
     kern = omega_triton._kernels()
-    mf, sf, ms, ss = omega_triton._launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0,
+    mf, sf, ms, ss = omega_triton._launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0,
                                                  mom, l2)
     assert rel_err(m0, ms[:, 0]) == 0 and (not mom or rel_err(s0, ss[:, 0]) == 0)
     for j in range(1, nt + 1):

@@ -15,8 +15,8 @@ or too much shared memory), and which configs spill. Speed needs a GPU
 
 Variants: the benchmark's shapes by default (:func:`variants`): bf16 and fp32 inputs,
 gd and momentum, the l2 objective, head dims 64 and 128, chunk 64, windows 1 and 16
-(``N = b + c - 1`` window rows: 64 and 79). ``quick``: bf16 gd, head dim 64, c = 1, the
-first config of each kernel (the CI test).
+(``N = b + c - 1`` window rows: 64 and 79). ``quick``: :data:`QUICK`, the first config
+of each kernel (the CI test).
 
 Run as ``python -m atlas_search.bench.aot_check`` (``--help``); it must be a process in
 which triton was not imported in interpreter mode (``TRITON_INTERPRET`` is dropped at
@@ -83,12 +83,20 @@ class Row:
         return self.error is None
 
 
+QUICK = (
+    Variant("bfloat16", False, True, 64, 64, 1),  # the benchmark's gd shape
+    Variant("bfloat16", True, False, 32, 16, 4),  # momentum, dot objective, halo tile
+    Variant("float32", True, True, 32, 16, 4),  # fp32 IEEE dots, momentum, halo tile
+)
+"""``--quick`` (the CI test): each code path of the kernels compiled once."""
+
+
 def variants(quick: bool = False, head_dims: Iterable[int] = (64, 128), chunk: int = 64,
              windows: Iterable[int] = (1, 16), dtypes: Iterable[str] = ("bfloat16", "float32"),
              momentum: Iterable[bool] = (False, True)) -> list[Variant]:
     """The variants to compile (module docstring)."""
     if quick:
-        return [Variant("bfloat16", False, True, 64, chunk, 1)]
+        return list(QUICK)
     return [Variant(dt, mom, True, d, chunk, c) for dt in dtypes for mom in momentum
             for d in head_dims for c in windows]
 
@@ -131,10 +139,8 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
     from triton.compiler import ASTSource
 
     fn = kern[name]
-    consts = {"BN": ot._np2(var.rows), "BK": _block(ot, name, var.head_dim), "BV": bv,
-              "MOMENTUM": var.momentum, "L2": var.l2, "LOWP": var.dtype != "float32"}
-    if "BL" in fn.arg_names:
-        consts["BL"] = ot._np2(var.chunk)
+    consts = {**ot._tiles(var.chunk, var.rows), "BK": _block(ot, name, var.head_dim),
+              "BV": bv, "MOMENTUM": var.momentum, "L2": var.l2, "LOWP": var.dtype != "float32"}
     sig = {}
     for a in fn.arg_names:
         if a in consts:
@@ -215,17 +221,28 @@ def _line(row: Row) -> str:
 
 
 def summary(result: dict) -> list[str]:
-    """Closing lines: counts, and the config each kernel/variant would spill least with."""
+    """Closing lines: the counts, then every first (``AUTOTUNE`` off) config that spills."""
     rows = result["rows"]
     lines = [f"sm_{result['arch']}, triton {result['triton']}: {len(rows)} compiles in "
              f"{result['seconds']} s, {result['failed']} failed, {result['spilling']} spill"]
+    seen: set[tuple] = set()
+    for r in rows:
+        case = (r["kernel"], r["dtype"], r["optimizer"], r["head_dim"], r["chunk"], r["window"])
+        if case in seen:
+            continue
+        seen.add(case)
+        if r["spill_stores"]:
+            lines.append(f"  first config spills: {r['kernel']} {r['dtype']} {r['optimizer']} "
+                         f"D={r['head_dim']} b={r['chunk']} c={r['window']}: "
+                         f"{r['spill_stores']} B per thread")
     return lines
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
-    ap.add_argument("--quick", action="store_true", help="one variant, first configs")
+    ap.add_argument("--quick", action="store_true",
+                    help="three variants covering every code path, first configs only")
     ap.add_argument("--first-config", action="store_true",
                     help="only the fixed (AUTOTUNE off) config of each kernel")
     ap.add_argument("--head-dim", type=int, nargs="*", default=[64, 128])

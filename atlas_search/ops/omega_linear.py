@@ -16,8 +16,8 @@ Backends: ``"reference"`` (per-token loop, the oracle), ``"torch"`` (chunk-paral
 form), ``"triton"`` (the same dual form as Triton kernels, :mod:`.omega_triton`: gd and
 momentum; muon, a continued state off a chunk boundary and any case Triton cannot run
 use ``"torch"``, with one warning per reason except for muon), ``"auto"`` (``"triton"`` for
-CUDA tensors when it can run the case, else ``"torch"``; it warns only when the kernels
-fail to compile or launch). Chunk boundaries
+bf16/fp16 CUDA tensors, e.g. under autocast, when it can run the case, else ``"torch"``;
+it warns only when the kernels fail to compile or launch). Chunk boundaries
 are aligned to the absolute position stored in :class:`OmegaState`, so a sequence can be
 processed in pieces of any length.
 """

@@ -90,16 +90,22 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
 
 Choices:
 
-* Blocks: ``BK = max(16, next_pow2(Dk))``, ``BL = max(16, next_pow2(b))``,
-  ``BN = max(16, next_pow2(b + c - 1))`` (``tl.dot`` needs every dimension >= 16 when
-  compiled), masks for the padding, int64 offsets. ``BV``: 16 under the interpreter (one
-  fixed small config, also the Dk block of ``_omega_bwd_dqk`` there, so small test
-  shapes cover several blocks); on CUDA each kernel is autotuned over two or three
-  ``(BV, num_warps)`` configs of :func:`configs` (key: ``b, N, Dk, Dv`` as far as the
-  kernel has them; :data:`AUTOTUNE` off: the first one), chosen from ahead-of-time sm_90
-  compiles (``python -m atlas_search.bench.aot_check``) so that the first config of each
-  kernel spills no registers at the benchmark's shapes (bf16, b = 64, Dk = Dv <= 128,
-  c = 1) except ``_omega_bwd_dqk`` (72 bytes per thread).
+* Blocks: ``BK = max(16, next_pow2(Dk))``; a chunk's ``N = b + c - 1`` window rows are
+  two row tiles, its own ``b`` tokens (``BL = max(16, next_pow2(b))``) and, for ``c > 1``,
+  the ``c - 1`` halo tokens before it (``BH = max(16, next_pow2(c - 1))``): every product
+  over the window rows is the sum of the two tiles' products (``@triton.jit`` helpers do
+  one tile's work). One power-of-two tile would pad ``b + c - 1 = 79`` rows to 128 at
+  ``b = 64, c = 16``; two tiles compute on 64 + 16, and an sm_90 compile of
+  ``_omega_bwd_dqk`` at that shape spills 256 instead of 992 bytes per thread. ``tl.dot``
+  needs every dimension >= 16 when compiled; masks for the padding, int64 offsets. ``BV``:
+  16 under the interpreter (one fixed small config, also the Dk block of
+  ``_omega_bwd_dqk`` there, so small test shapes cover several blocks); on CUDA each
+  kernel is autotuned over two or three ``(BV, num_warps)`` configs of :func:`configs`
+  (key: ``b, N, Dk, Dv`` as far as the kernel has them; :data:`AUTOTUNE` off: the first
+  one), chosen from ahead-of-time sm_90 compiles (``python -m
+  atlas_search.bench.aot_check``) so that at the benchmark's shapes (bf16, b = 64,
+  Dk = Dv in {64, 128}, c in {1, 16}, gd) the first config of each kernel spills no
+  registers, except ``_omega_bwd_dqk`` (48 bytes per thread at c = 1, 256 at c = 16).
   Supported sizes: ``Dk <= 256`` and ``b + c - 1 <= 256`` (larger runs the torch backend).
 * Dtypes: ``q, k, v`` may be fp16, bf16, fp32 or fp64. The computation dtype is fp64 for
   fp64 inputs, else fp32 (coefficients are built in it, every kernel load is converted to
@@ -148,6 +154,12 @@ AUTOTUNE = True
 config and shape). ``False`` (or the environment variable ``ATLAS_TRITON_AUTOTUNE=0``)
 launches one fixed config, ``BV = min(32, next_pow2(Dv))`` and 4 warps: the tests and the
 kernel checks, which sweep many shapes, use it to keep compile time down."""
+AUTO_DTYPES = (torch.bfloat16, torch.float16)
+"""Input dtypes for which ``backend="auto"`` picks the kernels on CUDA. fp32 inputs stay on
+the torch backend (cuBLAS): fp32 runs ``tl.dot`` with ``input_precision="ieee"`` (no TF32,
+to meet the fp32 error budget), which an sm_90 compile turns into FMA loops spilling
+kilobytes of registers per thread at ``Dk = 64`` (:mod:`atlas_search.bench.aot_check`).
+``backend="triton"`` runs them in any supported dtype."""
 MAX_DK = 256
 MAX_WINDOW_ROWS = 256  # b + c - 1
 INTERPRET_BV = 16
@@ -264,6 +276,8 @@ def run(
         return None  # muon: batched torch Newton-Schulz by design; empty: nothing to do
     if not explicit and not q.is_cuda:
         return None  # auto: Triton only for CUDA tensors (no import, no warning)
+    if not explicit and q.dtype not in AUTO_DTYPES:
+        return None  # auto: half precision only (AUTO_DTYPES)
     if st.position % b:
         return no(
             "unaligned",
@@ -568,19 +582,19 @@ def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
     Chosen from sm_90 ahead-of-time compiles (:mod:`atlas_search.bench.aot_check`, bf16,
     b = 64): the register file, not shared memory, limits these kernels. The sequential
     kernels (``states``, ``bwd_dh``) hold a ``[Dk, BV]`` state block and a chunk of keys, so
-    ``BV`` is 16 from ``Dk >= 128`` (32 below) with 8 warps, which spills nothing at
-    ``c = 1``; ``bwd_dqk`` (a ``Dk`` block of at most 64) keeps three or four fp32
-    accumulators and runs 8 warps with a Dv loop block of 32 or 16 (64 needs more shared
-    memory than sm_90 has at ``c = 16``); the other
-    parallel kernels are light (no spills at ``BV = 32``, 4 warps)."""
+    ``BV`` is 16 from ``Dk >= 128`` (32 below) with 8 warps (no spills for gd); ``bwd_dqk``
+    (a ``Dk`` block of at most 64) keeps three or four fp32 accumulators per row tile and
+    runs 8 warps with a Dv loop block of 16 or 32 (64 needs more shared memory than sm_90
+    has at ``c = 16``); the other parallel kernels are light (no spills at ``BV = 32``,
+    8 warps)."""
     cap = _np2(dv)
     if name == "bwd_dqk":
-        cands = [(32, 8), (16, 8)]
+        cands = [(16, 8), (32, 8)]
     elif name in ("states", "bwd_dh"):
         bv = 16 if _np2(dk) >= 128 else 32
         cands = [(bv, 8), (2 * bv, 8), (bv, 4)]
     else:
-        cands = [(32, 4), (32, 8), (64, 8)]
+        cands = [(32, 8), (32, 4), (64, 8)]
     out = []
     for bv, w in cands:
         c = (min(bv, cap), w)
@@ -611,7 +625,13 @@ def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts:
     fn[lambda meta: grid(meta["BV"])](*args, **consts)
 
 
-def _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
+def _tiles(b: int, n: int) -> dict:
+    """Row-tile constants: ``BL`` for a chunk's own ``b`` rows, ``BH`` for its ``n - b =
+    c - 1`` halo rows (``HALO``: ``c > 1``)."""
+    return dict(BL=_np2(b), BH=_np2(max(1, n - b)), HALO=n > b)
+
+
+def _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
     """``_omega_states``: the sequential scan over chunks. Returns ``M_end, S_end`` and the
     chunk-start states ``Ms, Ss [BH, NT, Dk, Dv]`` (computation dtype; ``Ss`` is ``Ms``
     for gd)."""
@@ -638,11 +658,13 @@ def _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
         ms,
         ss,
         nt,
+        b,
         n,
         dk,
         dv,
     )
-    consts = dict(BN=_np2(n), BK=_np2(dk), MOMENTUM=mom, L2=l2, LOWP=_lowp(k, kern["interpret"]))
+    consts = dict(**_tiles(b, n), BK=_np2(dk), MOMENTUM=mom, L2=l2,
+                  LOWP=_lowp(k, kern["interpret"]))
     _call(kern, "states", bh, dk, dv, args, consts)
     return mf, sf, ms, ss
 
@@ -654,17 +676,11 @@ def _launch_forward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2):
         kern = _kernels()
         bh, nt, b, dk = q.shape
         n, dv = k.shape[2], v.shape[-1]
-        mf, sf, ms, ss = _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
+        mf, sf, ms, ss = _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
         o = _empty((bh, nt, b, dv), q.dtype, q.device)
         args = (q, k, v, a, c, bm if mom else a, ms, ss, o, b, n, dk, dv)
-        consts = dict(
-            BL=_np2(b),
-            BN=_np2(n),
-            BK=_np2(dk),
-            MOMENTUM=mom,
-            L2=l2,
-            LOWP=_lowp(q, kern["interpret"]),
-        )
+        consts = dict(**_tiles(b, n), BK=_np2(dk), MOMENTUM=mom, L2=l2,
+                      LOWP=_lowp(q, kern["interpret"]))
         _call(kern, "out", bh * nt, dk, dv, args, consts)
         man = ms[:, nt - 1].clone()  # the anchor output: the start state of the last chunk
     except Exception as exc:
@@ -684,11 +700,11 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
         n, dv = k.shape[2], v.shape[-1]
         nc = bh * nt
         cd, dev = m0.dtype, q.device
-        _, _, ms, ss = _launch_states(kern, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
+        _, _, ms, ss = _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
         dummy = a
         lowp = _lowp(q, kern["interpret"])
         flags = dict(MOMENTUM=mom, L2=l2, LOWP=lowp)
-        blk = dict(BL=_np2(b), BN=_np2(n), BK=_np2(dk))
+        blk = dict(**_tiles(b, n), BK=_np2(dk))
 
         # local: W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO
         w = _empty((bh, nt, dk, dv), cd, dev)
@@ -720,18 +736,19 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dm0,
             ds0,
             nt,
+            b,
             n,
             dk,
             dv,
         )
-        _call(kern, "bwd_dh", bh, dk, dv, args, dict(BN=blk["BN"], BK=blk["BK"], **flags))
+        _call(kern, "bwd_dh", bh, dk, dv, args, {**blk, **flags})
         del w, ws
 
         # dV_I = -dE and (l2) E, per (chunk, column block)
         dv_ = _empty((bh, nt, n, dv), cd, dev)
         e = _empty((bh, nt, n, dv), cd, dev) if l2 else dv_
-        args = (k, v, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, n, dk, dv)
-        _call(kern, "bwd_dv", nc, dk, dv, args, dict(BN=blk["BN"], BK=blk["BK"], **flags))
+        args = (k, v, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, b, n, dk, dv)
+        _call(kern, "bwd_dv", nc, dk, dv, args, {**blk, **flags})
         del u
 
         # dQ, dK_I whole; the Dk-summed gradients per Dk block (summed below)
@@ -782,7 +799,7 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dk,
             dv,
         )
-        consts = dict(BL=blk["BL"], BN=blk["BN"], BK=bk, **flags)
+        consts = dict(blk, BK=bk, **flags)
         _call(kern, "bwd_dqk", nc, dk, dv, args, consts, g1=nk)
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
@@ -802,11 +819,11 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
 
 # autotune keys (the integer arguments each kernel has; NT and the grid size are not keys)
 _KEYS = {
-    "states": ["N", "DK", "DV"],
+    "states": ["L", "N", "DK", "DV"],
     "out": ["L", "N", "DK", "DV"],
     "bwd_local": ["L", "N", "DK", "DV"],
-    "bwd_dh": ["N", "DK", "DV"],
-    "bwd_dv": ["N", "DK", "DV"],
+    "bwd_dh": ["L", "N", "DK", "DV"],
+    "bwd_dv": ["L", "N", "DK", "DV"],
     "bwd_dqk": ["L", "N", "DK", "DV"],
 }
 
@@ -814,13 +831,60 @@ _KEYS = {
 @functools.cache
 def _kernels() -> dict:
     """Define the Triton kernels (once per process, in the mode triton was imported in).
-    ``triton``/``tl`` are bound as module globals so both the compiler and the interpreter
-    resolve them from the kernels' ``__globals__``."""
-    global triton, tl
+    ``triton``/``tl`` and the ``@triton.jit`` helpers are bound as module globals so both
+    the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
+    global triton, tl, _tile, _rows_load, _rows_store, _states_part, _out_part, _u_part
+    global _dh_part, _dv_part, _dqk_loop, _dqk_end
     _triton, mode = _load_triton()
     import triton.language as _tl
 
     triton, tl = _triton, _tl
+
+    # Row tiles. A chunk's N = b + c - 1 window rows are two tiles: its own b tokens (rows
+    # HL .. N-1, HL = c - 1, padded to BL) and, when c > 1 (HALO), the c - 1 halo tokens
+    # before it (rows 0 .. HL-1, padded to BH). One power-of-two tile of N rows would pad
+    # b + c - 1 = 79 to 128 at b = 64, c = 16; two tiles compute on 64 + 16 rows.
+    # Helpers do the work of one tile; the kernels call them for the own tile and, under
+    # HALO, the halo tile.
+
+    @triton.jit
+    def _tile(R0, NR, BR: tl.constexpr):
+        # rows R0 .. R0 + NR - 1 of the window, padded to BR: (row indices, mask)
+        i = tl.arange(0, BR)
+        return R0 + i, i < NR
+
+    @triton.jit
+    def _rows_load(ptr, cj, N, r, mr, cols, mc, W):
+        # [BR, BC] block of a [NC, N, W] tensor: rows r of chunk cj, columns cols
+        return tl.load(ptr + (cj * N + r[:, None]) * W + cols[None, :],
+                       mask=mr[:, None] & mc[None, :], other=0.0)
+
+    @triton.jit
+    def _rows_store(ptr, cj, N, r, mr, cols, mc, W, x):
+        tl.store(ptr + (cj * N + r[:, None]) * W + cols[None, :], x,
+                 mask=mr[:, None] & mc[None, :])
+
+    @triton.jit
+    def _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, R0, NR, m, ok, mk, ov, mv,
+                     BR: tl.constexpr, MOMENTUM: tl.constexpr, L2: tl.constexpr,
+                     LOWP: tl.constexpr):
+        # one tile's K_r^T (c_end ∘ E_r) [and K_r^T (cS_end ∘ E_r)], E_r = K_r M_s - V_r (l2)
+        cd = m.dtype
+        dd = k_ptr.dtype.element_ty if LOWP else cd
+        r, mr = _tile(R0, NR, BR)
+        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        if L2:
+            e = tl.dot(kk, m.to(dd), input_precision="ieee") - vv
+        else:
+            e = -vv
+        ce = tl.load(ce_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
+        um = tl.dot(tl.trans(kk), (ce[:, None] * e).to(dd), input_precision="ieee")
+        us = um
+        if MOMENTUM:
+            cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
+            us = tl.dot(tl.trans(kk), (cse[:, None] * e).to(dd), input_precision="ieee")
+        return um, us
 
     @triton.jit
     def _omega_states(
@@ -838,12 +902,15 @@ def _kernels() -> dict:
         ms_ptr,
         ss_ptr,
         NT,
+        L,
         N,
         DK,
         DV,
-        BN: tl.constexpr,
+        BL: tl.constexpr,
+        BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
@@ -853,17 +920,15 @@ def _kernels() -> dict:
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = m0_ptr.dtype.element_ty
-        dd = k_ptr.dtype.element_ty if LOWP else cd  # tl.dot operands (bf16/fp16: tensor cores)
-        on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
         ov = i_v * BV + tl.arange(0, BV)
-        mn = on < N
         mk = ok < DK
         mv = ov < DV
         mkv = mk[:, None] & mv[None, :]
         kv_off = ok[:, None] * DV + ov[None, :]
         st_off = i_bh * DK * DV + kv_off
         m = tl.load(m0_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        s = m
         if MOMENTUM:
             s = tl.load(s0_ptr + st_off, mask=mkv, other=0.0).to(cd)
         for j in range(NT):
@@ -871,37 +936,42 @@ def _kernels() -> dict:
             tl.store(ms_ptr + cj * DK * DV + kv_off, m, mask=mkv)
             if MOMENTUM:
                 tl.store(ss_ptr + cj * DK * DV + kv_off, s, mask=mkv)
-            kk = tl.load(
-                k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
-                mask=mn[:, None] & mk[None, :],
-                other=0.0,
-            ).to(dd)
-            vv = tl.load(
-                v_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
-                mask=mn[:, None] & mv[None, :],
-                other=0.0,
-            ).to(cd)
-            if L2:
-                e = tl.dot(kk.to(dd), m.to(dd), input_precision="ieee") - vv
-            else:
-                e = -vv
-            ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+            um, us = _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, N - L, L, m,
+                                  ok, mk, ov, mv, BL, MOMENTUM, L2, LOWP)
+            if HALO:
+                um2, us2 = _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, 0,
+                                        N - L, m, ok, mk, ov, mv, BH, MOMENTUM, L2, LOWP)
+                um += um2
+                if MOMENTUM:
+                    us += us2
             ae = tl.load(ae_ptr + cj).to(cd)
-            m_new = ae * m - tl.dot(
-                tl.trans(kk).to(dd), (ce[:, None] * e).to(dd), input_precision="ieee"
-            )
+            m_new = ae * m - um
             if MOMENTUM:
                 be = tl.load(be_ptr + cj).to(cd)
                 te = tl.load(te_ptr + cj).to(cd)
-                cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
                 m_new += be * s
-                s = te * s - tl.dot(
-                    tl.trans(kk).to(dd), (cse[:, None] * e).to(dd), input_precision="ieee"
-                )
+                s = te * s - us
             m = m_new
         tl.store(mf_ptr + st_off, m, mask=mkv)
         if MOMENTUM:
             tl.store(sf_ptr + st_off, s, mask=mkv)
+
+    @triton.jit
+    def _out_part(qq, k_ptr, v_ptr, c_ptr, cj, L, N, DK, DV, R0, NR, m, ol, ml, ok, mk, ov,
+                  mv, BR: tl.constexpr, L2: tl.constexpr, LOWP: tl.constexpr):
+        # one tile's (C_r ∘ Q K_r^T) E_r
+        cd = m.dtype
+        dd = qq.dtype
+        r, mr = _tile(R0, NR, BR)
+        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        if L2:
+            e = tl.dot(kk, m.to(dd), input_precision="ieee") - vv
+        else:
+            e = -vv
+        cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N).to(cd)  # C[:, r]
+        qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
+        return tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
 
     @triton.jit
     def _omega_out(
@@ -919,9 +989,10 @@ def _kernels() -> dict:
         DK,
         DV,
         BL: tl.constexpr,
-        BN: tl.constexpr,
+        BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
@@ -932,53 +1003,40 @@ def _kernels() -> dict:
         cd = ms_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
-        on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
         ov = i_v * BV + tl.arange(0, BV)
         ml = ol < L
-        mn = on < N
         mk = ok < DK
         mv = ov < DV
         mkv = mk[:, None] & mv[None, :]
         cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
         m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        kk = tl.load(
-            k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
-            mask=mn[:, None] & mk[None, :],
-            other=0.0,
-        ).to(dd)
-        vv = tl.load(
-            v_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
-            mask=mn[:, None] & mv[None, :],
-            other=0.0,
-        ).to(cd)
-        qq = tl.load(
-            q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
-            mask=ml[:, None] & mk[None, :],
-            other=0.0,
-        ).to(dd)
+        qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-        cc = tl.load(
-            c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
-            mask=ml[:, None] & mn[None, :],
-            other=0.0,
-        ).to(cd)
-        if L2:
-            e = tl.dot(kk.to(dd), m.to(dd), input_precision="ieee") - vv
-        else:
-            e = -vv
-        qk = tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
-        o = aa[:, None] * tl.dot(qq.to(dd), m.to(dd), input_precision="ieee")
-        o -= tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
+        o = aa[:, None] * tl.dot(qq, m.to(dd), input_precision="ieee")
+        o -= _out_part(qq, k_ptr, v_ptr, c_ptr, cj, L, N, DK, DV, N - L, L, m, ol, ml, ok, mk,
+                       ov, mv, BL, L2, LOWP)
+        if HALO:
+            o -= _out_part(qq, k_ptr, v_ptr, c_ptr, cj, L, N, DK, DV, 0, N - L, m, ol, ml, ok,
+                           mk, ov, mv, BH, L2, LOWP)
         if MOMENTUM:
             s = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            o += bm[:, None] * tl.dot(qq.to(dd), s.to(dd), input_precision="ieee")
-        tl.store(
-            o_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
-            o.to(o_ptr.dtype.element_ty),
-            mask=ml[:, None] & mv[None, :],
-        )
+            o += bm[:, None] * tl.dot(qq, s.to(dd), input_precision="ieee")
+        _rows_store(o_ptr, cj, L, ol, ml, ov, mv, DV, o.to(o_ptr.dtype.element_ty))
+
+    @triton.jit
+    def _u_part(qq, do, k_ptr, c_ptr, u_ptr, cj, L, N, DK, DV, R0, NR, ol, ml, ok, mk, ov, mv,
+                BR: tl.constexpr):
+        # one tile's rows of U = -(C ∘ Q K_I^T)^T dO
+        cd = do.dtype
+        dd = qq.dtype
+        r, mr = _tile(R0, NR, BR)
+        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N).to(cd)
+        p = cc * tl.dot(qq, tl.trans(kk), input_precision="ieee")
+        u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
+        _rows_store(u_ptr, cj, N, r, mr, ov, mv, DV, u)
 
     @triton.jit
     def _omega_bwd_local(
@@ -996,9 +1054,10 @@ def _kernels() -> dict:
         DK,
         DV,
         BL: tl.constexpr,
-        BN: tl.constexpr,
+        BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
@@ -1010,49 +1069,43 @@ def _kernels() -> dict:
         cd = w_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
-        on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
         ov = i_v * BV + tl.arange(0, BV)
         ml = ol < L
-        mn = on < N
         mk = ok < DK
         mv = ov < DV
         mkv = mk[:, None] & mv[None, :]
         cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
-        qq = tl.load(
-            q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :],
-            mask=ml[:, None] & mk[None, :],
-            other=0.0,
-        ).to(dd)
-        do = tl.load(
-            do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
-            mask=ml[:, None] & mv[None, :],
-            other=0.0,
-        ).to(cd)
+        qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
+        do = _rows_load(do_ptr, cj, L, ol, ml, ov, mv, DV).to(cd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-        w = tl.dot(tl.trans(qq).to(dd), (aa[:, None] * do).to(dd), input_precision="ieee")
+        w = tl.dot(tl.trans(qq), (aa[:, None] * do).to(dd), input_precision="ieee")
         tl.store(w_ptr + cs_off, w, mask=mkv)
         if MOMENTUM:
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            ws = tl.dot(tl.trans(qq).to(dd), (bm[:, None] * do).to(dd), input_precision="ieee")
+            ws = tl.dot(tl.trans(qq), (bm[:, None] * do).to(dd), input_precision="ieee")
             tl.store(ws_ptr + cs_off, ws, mask=mkv)
-        kk = tl.load(
-            k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
-            mask=mn[:, None] & mk[None, :],
-            other=0.0,
-        ).to(dd)
-        cc = tl.load(
-            c_ptr + (cj * L + ol[:, None]) * N + on[None, :],
-            mask=ml[:, None] & mn[None, :],
-            other=0.0,
-        ).to(cd)
-        p = cc * tl.dot(qq.to(dd), tl.trans(kk).to(dd), input_precision="ieee")
-        u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
-        tl.store(
-            u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
-            u,
-            mask=mn[:, None] & mv[None, :],
-        )
+        _u_part(qq, do, k_ptr, c_ptr, u_ptr, cj, L, N, DK, DV, N - L, L, ol, ml, ok, mk, ov, mv,
+                BL)
+        if HALO:
+            _u_part(qq, do, k_ptr, c_ptr, u_ptr, cj, L, N, DK, DV, 0, N - L, ol, ml, ok, mk, ov,
+                    mv, BH)
+
+    @triton.jit
+    def _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
+                 BR: tl.constexpr, MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
+        # one tile's K_r^T dE_r, dE_r = U_r - c_end ∘ K_r dM_end [- cS_end ∘ K_r dS_end]
+        cd = dm.dtype
+        dd = k_ptr.dtype.element_ty if LOWP else cd
+        r, mr = _tile(R0, NR, BR)
+        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        ce = tl.load(ce_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
+        de = _rows_load(u_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
+        if MOMENTUM:
+            cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
+            de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
+        return tl.dot(tl.trans(kk), de.to(dd), input_precision="ieee")
 
     @triton.jit
     def _omega_bwd_dh(
@@ -1073,12 +1126,15 @@ def _kernels() -> dict:
         dm0_ptr,
         ds0_ptr,
         NT,
+        L,
         N,
         DK,
         DV,
-        BN: tl.constexpr,
+        BL: tl.constexpr,
+        BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
@@ -1088,17 +1144,15 @@ def _kernels() -> dict:
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = dmf_ptr.dtype.element_ty
-        dd = k_ptr.dtype.element_ty if LOWP else cd
-        on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
         ov = i_v * BV + tl.arange(0, BV)
-        mn = on < N
         mk = ok < DK
         mv = ov < DV
         mkv = mk[:, None] & mv[None, :]
         kv_off = ok[:, None] * DV + ov[None, :]
         st_off = i_bh * DK * DV + kv_off
         dm = tl.load(dmf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        ds = dm
         if MOMENTUM:
             ds = tl.load(dsf_ptr + st_off, mask=mkv, other=0.0).to(cd)
         for jj in range(NT):
@@ -1114,22 +1168,11 @@ def _kernels() -> dict:
                 te = tl.load(te_ptr + cj).to(cd)
                 dss = be * dm + te * ds + tl.load(ws_ptr + cs_off, mask=mkv, other=0.0).to(cd)
             if L2:
-                kk = tl.load(
-                    k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
-                    mask=mn[:, None] & mk[None, :],
-                    other=0.0,
-                ).to(dd)
-                ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-                de = tl.load(
-                    u_ptr + (cj * N + on[:, None]) * DV + ov[None, :],
-                    mask=mn[:, None] & mv[None, :],
-                    other=0.0,
-                ).to(cd)
-                de -= ce[:, None] * tl.dot(kk.to(dd), dm.to(dd), input_precision="ieee")
-                if MOMENTUM:
-                    cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-                    de -= cse[:, None] * tl.dot(kk.to(dd), ds.to(dd), input_precision="ieee")
-                dms += tl.dot(tl.trans(kk).to(dd), de.to(dd), input_precision="ieee")
+                dms += _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, N - L, L, dm, ds,
+                                ok, mk, ov, mv, BL, MOMENTUM, LOWP)
+                if HALO:
+                    dms += _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, 0, N - L, dm,
+                                    ds, ok, mk, ov, mv, BH, MOMENTUM, LOWP)
             if MOMENTUM:
                 ds = dss
             # the anchor output is the start state of the last chunk
@@ -1139,6 +1182,27 @@ def _kernels() -> dict:
         tl.store(dm0_ptr + st_off, dm, mask=mkv)
         if MOMENTUM:
             tl.store(ds0_ptr + st_off, ds, mask=mkv)
+
+    @triton.jit
+    def _dv_part(k_ptr, v_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, cj, N, DK, DV, R0, NR,
+                 ms, dm, ds, ok, mk, ov, mv, BR: tl.constexpr, MOMENTUM: tl.constexpr,
+                 L2: tl.constexpr, LOWP: tl.constexpr):
+        # one tile's dV_r = -dE_r and (l2) E_r = K_r M_s - V_r
+        cd = dm.dtype
+        dd = k_ptr.dtype.element_ty if LOWP else cd
+        r, mr = _tile(R0, NR, BR)
+        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        ce = tl.load(ce_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
+        de = _rows_load(u_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
+        if MOMENTUM:
+            cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
+            de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
+        _rows_store(dv_ptr, cj, N, r, mr, ov, mv, DV, -de)
+        if L2:
+            vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+            e = tl.dot(kk, ms.to(dd), input_precision="ieee") - vv
+            _rows_store(e_ptr, cj, N, r, mr, ov, mv, DV, e)
 
     @triton.jit
     def _omega_bwd_dv(
@@ -1152,12 +1216,15 @@ def _kernels() -> dict:
         u_ptr,
         e_ptr,
         dv_ptr,
+        L,
         N,
         DK,
         DV,
-        BN: tl.constexpr,
+        BL: tl.constexpr,
+        BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
@@ -1168,33 +1235,68 @@ def _kernels() -> dict:
         cj = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = ms_ptr.dtype.element_ty
-        dd = k_ptr.dtype.element_ty if LOWP else cd
-        on = tl.arange(0, BN)
         ok = tl.arange(0, BK)
         ov = i_v * BV + tl.arange(0, BV)
-        mn = on < N
         mk = ok < DK
         mv = ov < DV
         mkv = mk[:, None] & mv[None, :]
-        mnv = mn[:, None] & mv[None, :]
         cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
-        nv_off = (cj * N + on[:, None]) * DV + ov[None, :]
-        kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :],
-                     mask=mn[:, None] & mk[None, :], other=0.0).to(dd)
         dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-        de = tl.load(u_ptr + nv_off, mask=mnv, other=0.0).to(cd)
-        de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
+        ds = dm
         if MOMENTUM:
             ds = tl.load(dse_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-            cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-            de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
-        tl.store(dv_ptr + nv_off, -de, mask=mnv)
+        ms = dm
         if L2:
             ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-            vv = tl.load(v_ptr + nv_off, mask=mnv, other=0.0).to(cd)
-            e = tl.dot(kk, ms.to(dd), input_precision="ieee") - vv
-            tl.store(e_ptr + nv_off, e, mask=mnv)
+        _dv_part(k_ptr, v_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, cj, N, DK, DV, N - L, L,
+                 ms, dm, ds, ok, mk, ov, mv, BL, MOMENTUM, L2, LOWP)
+        if HALO:
+            _dv_part(k_ptr, v_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, cj, N, DK, DV, 0,
+                     N - L, ms, dm, ds, ok, mk, ov, mv, BH, MOMENTUM, L2, LOWP)
+
+    @triton.jit
+    def _dqk_loop(v_ptr, e_ptr, dv_ptr, cj, N, DV, R0, NR, kk, ce, cse, do, ms, dm, ds, ov,
+                  mv, dp, dk, dce, dcse, BR: tl.constexpr, MOMENTUM: tl.constexpr,
+                  L2: tl.constexpr):
+        # one tile's share of one Dv block: dP_r, dK_r, dc_end_r, dcS_end_r accumulators
+        cd = dm.dtype
+        dd = kk.dtype
+        r, mr = _tile(R0, NR, BR)
+        if L2:
+            e = _rows_load(e_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        else:
+            e = -_rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        dp -= tl.dot(do, tl.trans(e).to(dd), input_precision="ieee")
+        kdm = tl.dot(kk, dm.to(dd), input_precision="ieee")
+        dce -= tl.sum(e * kdm, axis=1)
+        dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
+        if L2:
+            de = -_rows_load(dv_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+            dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
+        if MOMENTUM:
+            kds = tl.dot(kk, ds.to(dd), input_precision="ieee")
+            dcse -= tl.sum(e * kds, axis=1)
+            dk -= tl.dot((cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee")
+        return dp, dk, dce, dcse
+
+    @triton.jit
+    def _dqk_end(qq, kk, dp, dk, dce, dcse, c_ptr, dk_ptr, dc_ptr, dce_ptr, dcse_ptr, cj, pj,
+                 L, N, DK, R0, NR, ol, ml, ok, mk, BR: tl.constexpr, MOMENTUM: tl.constexpr):
+        # one tile after the Dv loop: stores dK_r, dC[:, r] (Dk-block partial), dc_end_r,
+        # dcS_end_r; returns its dQK_r K_r share of dQ
+        cd = dp.dtype
+        dd = qq.dtype
+        r, mr = _tile(R0, NR, BR)
+        cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N).to(cd)
+        dqk = cc * dp
+        dk += tl.dot(tl.trans(dqk).to(dd), qq, input_precision="ieee")
+        _rows_store(dk_ptr, cj, N, r, mr, ok, mk, DK, dk)
+        qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
+        _rows_store(dc_ptr, pj, L, ol, ml, r, mr, N, dp * qk)
+        tl.store(dce_ptr + pj * N + r, dce, mask=mr)
+        if MOMENTUM:
+            tl.store(dcse_ptr + pj * N + r, dcse, mask=mr)
+        return tl.dot(dqk.to(dd), kk, input_precision="ieee")
 
     @triton.jit
     def _omega_bwd_dqk(
@@ -1229,42 +1331,50 @@ def _kernels() -> dict:
         DK,
         DV,
         BL: tl.constexpr,
-        BN: tl.constexpr,
+        BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
     ):
         # parallel: one program per (chunk, Dk block of BK), looping over Dv in blocks of BV
-        # with the Dv-summed products in fp32 accumulators (dP, dO M_s^T, dO S_s^T, dK_I):
-        # dQ and dK_I are written whole; the terms that also sum over Dk (dC, dA, dBm and
-        # the chunk-end gate gradients) are written per Dk block and summed in torch.
+        # with the Dv-summed products in fp32 accumulators (dP, dO M_s^T, dO S_s^T, dK_I) per
+        # row tile: dQ and dK_I are written whole; the terms that also sum over Dk (dC, dA,
+        # dBm and the chunk-end gate gradients) per Dk block, summed in torch.
         cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT] (NC of them)
         i_k = tl.program_id(1).to(tl.int64)
         pj = i_k * NC + cj  # chunk index in the per-Dk-block partials
         cd = ms_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
-        on = tl.arange(0, BN)
         ok = i_k * BK + tl.arange(0, BK)
         ml = ol < L
-        mn = on < N
         mk = ok < DK
-        mlk = ml[:, None] & mk[None, :]
-        mnk = mn[:, None] & mk[None, :]
-        mln = ml[:, None] & mn[None, :]
-        kk = tl.load(k_ptr + (cj * N + on[:, None]) * DK + ok[None, :], mask=mnk, other=0.0)
-        kk = kk.to(dd)
-        ce = tl.load(ce_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
+        r_o, mr_o = _tile(N - L, L, BL)
+        kk_o = _rows_load(k_ptr, cj, N, r_o, mr_o, ok, mk, DK).to(dd)
+        ce_o = tl.load(ce_ptr + cj * N + r_o, mask=mr_o, other=0.0).to(cd)
+        cse_o = ce_o
         if MOMENTUM:
-            cse = tl.load(cse_ptr + cj * N + on, mask=mn, other=0.0).to(cd)
-        dp = tl.zeros([BL, BN], dtype=cd)
+            cse_o = tl.load(cse_ptr + cj * N + r_o, mask=mr_o, other=0.0).to(cd)
+        dp_o = tl.zeros([BL, BL], dtype=cd)
+        dk_o = tl.zeros([BL, BK], dtype=cd)
+        dce_o = tl.zeros([BL], dtype=cd)
+        dcse_o = tl.zeros([BL], dtype=cd)
+        if HALO:
+            r_h, mr_h = _tile(0, N - L, BH)
+            kk_h = _rows_load(k_ptr, cj, N, r_h, mr_h, ok, mk, DK).to(dd)
+            ce_h = tl.load(ce_ptr + cj * N + r_h, mask=mr_h, other=0.0).to(cd)
+            cse_h = ce_h
+            if MOMENTUM:
+                cse_h = tl.load(cse_ptr + cj * N + r_h, mask=mr_h, other=0.0).to(cd)
+            dp_h = tl.zeros([BL, BH], dtype=cd)
+            dk_h = tl.zeros([BH, BK], dtype=cd)
+            dce_h = tl.zeros([BH], dtype=cd)
+            dcse_h = tl.zeros([BH], dtype=cd)
         tq = tl.zeros([BL, BK], dtype=cd)  # dO M_s^T
         ts = tl.zeros([BL, BK], dtype=cd)  # dO S_s^T
-        dk = tl.zeros([BN, BK], dtype=cd)
-        dce = tl.zeros([BN], dtype=cd)
-        dcse = tl.zeros([BN], dtype=cd)
         dae = tl.zeros([BK], dtype=cd)
         dbe = tl.zeros([BK], dtype=cd)
         dte = tl.zeros([BK], dtype=cd)
@@ -1272,46 +1382,34 @@ def _kernels() -> dict:
             ov = i_v * BV + tl.arange(0, BV)
             mv = ov < DV
             mkv = mk[:, None] & mv[None, :]
-            mnv = mn[:, None] & mv[None, :]
             st_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
-            nv_off = (cj * N + on[:, None]) * DV + ov[None, :]
-            do = tl.load(do_ptr + (cj * L + ol[:, None]) * DV + ov[None, :],
-                         mask=ml[:, None] & mv[None, :], other=0.0).to(dd)
-            if L2:
-                e = tl.load(e_ptr + nv_off, mask=mnv, other=0.0).to(cd)
-            else:
-                e = -tl.load(v_ptr + nv_off, mask=mnv, other=0.0).to(cd)
+            do = _rows_load(do_ptr, cj, L, ol, ml, ov, mv, DV).to(dd)
             ms = tl.load(ms_ptr + st_off, mask=mkv, other=0.0).to(cd)
             dm = tl.load(dme_ptr + st_off, mask=mkv, other=0.0).to(cd)
-            dp -= tl.dot(do, tl.trans(e).to(dd), input_precision="ieee")
             tq += tl.dot(do, tl.trans(ms).to(dd), input_precision="ieee")
-            kdm = tl.dot(kk, dm.to(dd), input_precision="ieee")
-            dce -= tl.sum(e * kdm, axis=1)
-            dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
-            if L2:
-                de = -tl.load(dv_ptr + nv_off, mask=mnv, other=0.0).to(cd)
-                dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
             dae += tl.sum(dm * ms, axis=1)
+            ds = dm
             if MOMENTUM:
                 ss = tl.load(ss_ptr + st_off, mask=mkv, other=0.0).to(cd)
                 ds = tl.load(dse_ptr + st_off, mask=mkv, other=0.0).to(cd)
                 ts += tl.dot(do, tl.trans(ss).to(dd), input_precision="ieee")
-                kds = tl.dot(kk, ds.to(dd), input_precision="ieee")
-                dcse -= tl.sum(e * kds, axis=1)
-                dk -= tl.dot(
-                    (cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee"
-                )
                 dbe += tl.sum(dm * ss, axis=1)
                 dte += tl.sum(ds * ss, axis=1)
-        qq = tl.load(q_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], mask=mlk, other=0.0)
-        qq = qq.to(dd)
-        cc = tl.load(c_ptr + (cj * L + ol[:, None]) * N + on[None, :], mask=mln, other=0.0)
-        cc = cc.to(cd)
+            dp_o, dk_o, dce_o, dcse_o = _dqk_loop(
+                v_ptr, e_ptr, dv_ptr, cj, N, DV, N - L, L, kk_o, ce_o, cse_o, do, ms, dm, ds,
+                ov, mv, dp_o, dk_o, dce_o, dcse_o, BL, MOMENTUM, L2)
+            if HALO:
+                dp_h, dk_h, dce_h, dcse_h = _dqk_loop(
+                    v_ptr, e_ptr, dv_ptr, cj, N, DV, 0, N - L, kk_h, ce_h, cse_h, do, ms, dm,
+                    ds, ov, mv, dp_h, dk_h, dce_h, dcse_h, BH, MOMENTUM, L2)
+        qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-        dqk = cc * dp
-        dq = aa[:, None] * tq + tl.dot(dqk.to(dd), kk, input_precision="ieee")
-        dk += tl.dot(tl.trans(dqk).to(dd), qq, input_precision="ieee")
-        qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
+        dq = aa[:, None] * tq
+        dq += _dqk_end(qq, kk_o, dp_o, dk_o, dce_o, dcse_o, c_ptr, dk_ptr, dc_ptr, dce_ptr,
+                       dcse_ptr, cj, pj, L, N, DK, N - L, L, ol, ml, ok, mk, BL, MOMENTUM)
+        if HALO:
+            dq += _dqk_end(qq, kk_h, dp_h, dk_h, dce_h, dcse_h, c_ptr, dk_ptr, dc_ptr, dce_ptr,
+                           dcse_ptr, cj, pj, L, N, DK, 0, N - L, ol, ml, ok, mk, BH, MOMENTUM)
         qf = qq.to(cd)
         if MOMENTUM:
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
@@ -1319,13 +1417,9 @@ def _kernels() -> dict:
             tl.store(dbm_ptr + pj * L + ol, tl.sum(qf * ts, axis=1), mask=ml)
             tl.store(dbe_ptr + pj, tl.sum(dbe))
             tl.store(dte_ptr + pj, tl.sum(dte))
-            tl.store(dcse_ptr + pj * N + on, dcse, mask=mn)
-        tl.store(dq_ptr + (cj * L + ol[:, None]) * DK + ok[None, :], dq, mask=mlk)
-        tl.store(dk_ptr + (cj * N + on[:, None]) * DK + ok[None, :], dk, mask=mnk)
-        tl.store(dc_ptr + (pj * L + ol[:, None]) * N + on[None, :], dp * qk, mask=mln)
+        _rows_store(dq_ptr, cj, L, ol, ml, ok, mk, DK, dq)
         tl.store(da_ptr + pj * L + ol, tl.sum(qf * tq, axis=1), mask=ml)
         tl.store(dae_ptr + pj, tl.sum(dae))
-        tl.store(dce_ptr + pj * N + on, dce, mask=mn)
 
     fns = {
         "states": _omega_states,

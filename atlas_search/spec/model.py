@@ -69,8 +69,8 @@ class MemorySpec(Spec):
         "auto",
         description="op backend: reference (token loop), torch (chunk-parallel), triton "
         "(Triton kernels for linear memory with gd/momentum; muon and MLP memories run "
-        "torch; without Triton or CUDA it runs torch with a warning); auto = triton on "
-        "CUDA where it applies, else torch",
+        "torch; without Triton or CUDA it runs torch with a warning); auto = triton for "
+        "bf16/fp16 (autocast) on CUDA where it applies, else torch",
     )
 
     @model_validator(mode="after")
