@@ -6,6 +6,8 @@
   (chunk-parallel) backend vs reference loop, and scaling in T.
 * :mod:`.kernels_speed`: the Omega op alone, triton / torch / reference backends against
   flash-linear-attention's ``chunk_gated_delta_rule`` and SDPA flash (``atlas-search bench``).
+* :mod:`.aot_check`: every Triton kernel compiled for a CUDA target without a GPU
+  (registers, spills, shared memory per config; ``python -m atlas_search.bench.aot_check``).
 * :mod:`.gpu_check`: kernel checks, GPU tests and the kernel benchmark in one command
   (``PYTHONPATH=. python -m atlas_search.bench.gpu_check --out DIR``; no pydantic needed).
 

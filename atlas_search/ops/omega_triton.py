@@ -833,8 +833,8 @@ def _kernels() -> dict:
     """Define the Triton kernels (once per process, in the mode triton was imported in).
     ``triton``/``tl`` and the ``@triton.jit`` helpers are bound as module globals so both
     the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
-    global triton, tl, _tile, _rows_load, _rows_store, _states_part, _out_part, _u_part
-    global _dh_part, _dv_part, _dqk_loop, _dqk_end
+    global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
+    global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -863,6 +863,16 @@ def _kernels() -> dict:
     def _rows_store(ptr, cj, N, r, mr, cols, mc, W, x):
         tl.store(ptr + (cj * N + r[:, None]) * W + cols[None, :], x,
                  mask=mr[:, None] & mc[None, :])
+
+    @triton.jit
+    def _kv_block(i_v, DK, DV, BK: tl.constexpr, BV: tl.constexpr):
+        # the [BK, BV] block of a [Dk, Dv] state for column block i_v: indices, masks and
+        # offsets within one state
+        ok = tl.arange(0, BK)
+        ov = i_v * BV + tl.arange(0, BV)
+        mk = ok < DK
+        mv = ov < DV
+        return ok, mk, ov, mv, mk[:, None] & mv[None, :], ok[:, None] * DV + ov[None, :]
 
     @triton.jit
     def _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, R0, NR, m, ok, mk, ov, mv,
@@ -920,12 +930,7 @@ def _kernels() -> dict:
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = m0_ptr.dtype.element_ty
-        ok = tl.arange(0, BK)
-        ov = i_v * BV + tl.arange(0, BV)
-        mk = ok < DK
-        mv = ov < DV
-        mkv = mk[:, None] & mv[None, :]
-        kv_off = ok[:, None] * DV + ov[None, :]
+        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         st_off = i_bh * DK * DV + kv_off
         m = tl.load(m0_ptr + st_off, mask=mkv, other=0.0).to(cd)
         s = m
@@ -1003,13 +1008,9 @@ def _kernels() -> dict:
         cd = ms_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
-        ok = tl.arange(0, BK)
-        ov = i_v * BV + tl.arange(0, BV)
         ml = ol < L
-        mk = ok < DK
-        mv = ov < DV
-        mkv = mk[:, None] & mv[None, :]
-        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
+        cs_off = cj * DK * DV + kv_off
         m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
         qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
@@ -1069,13 +1070,9 @@ def _kernels() -> dict:
         cd = w_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
-        ok = tl.arange(0, BK)
-        ov = i_v * BV + tl.arange(0, BV)
         ml = ol < L
-        mk = ok < DK
-        mv = ov < DV
-        mkv = mk[:, None] & mv[None, :]
-        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
+        cs_off = cj * DK * DV + kv_off
         qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
         do = _rows_load(do_ptr, cj, L, ol, ml, ov, mv, DV).to(cd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
@@ -1092,9 +1089,9 @@ def _kernels() -> dict:
                     mv, BH)
 
     @triton.jit
-    def _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
+    def _de_tile(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
                  BR: tl.constexpr, MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
-        # one tile's K_r^T dE_r, dE_r = U_r - c_end ∘ K_r dM_end [- cS_end ∘ K_r dS_end]
+        # one tile's rows, keys and dE_r = U_r - c_end ∘ K_r dM_end [- cS_end ∘ K_r dS_end]
         cd = dm.dtype
         dd = k_ptr.dtype.element_ty if LOWP else cd
         r, mr = _tile(R0, NR, BR)
@@ -1105,7 +1102,15 @@ def _kernels() -> dict:
         if MOMENTUM:
             cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
             de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
-        return tl.dot(tl.trans(kk), de.to(dd), input_precision="ieee")
+        return r, mr, kk, de
+
+    @triton.jit
+    def _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
+                 BR: tl.constexpr, MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
+        # one tile's K_r^T dE_r
+        r, mr, kk, de = _de_tile(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds,
+                                 ok, mk, ov, mv, BR, MOMENTUM, LOWP)
+        return tl.dot(tl.trans(kk), de.to(kk.dtype), input_precision="ieee")
 
     @triton.jit
     def _omega_bwd_dh(
@@ -1144,12 +1149,7 @@ def _kernels() -> dict:
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = dmf_ptr.dtype.element_ty
-        ok = tl.arange(0, BK)
-        ov = i_v * BV + tl.arange(0, BV)
-        mk = ok < DK
-        mv = ov < DV
-        mkv = mk[:, None] & mv[None, :]
-        kv_off = ok[:, None] * DV + ov[None, :]
+        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         st_off = i_bh * DK * DV + kv_off
         dm = tl.load(dmf_ptr + st_off, mask=mkv, other=0.0).to(cd)
         ds = dm
@@ -1188,20 +1188,12 @@ def _kernels() -> dict:
                  ms, dm, ds, ok, mk, ov, mv, BR: tl.constexpr, MOMENTUM: tl.constexpr,
                  L2: tl.constexpr, LOWP: tl.constexpr):
         # one tile's dV_r = -dE_r and (l2) E_r = K_r M_s - V_r
-        cd = dm.dtype
-        dd = k_ptr.dtype.element_ty if LOWP else cd
-        r, mr = _tile(R0, NR, BR)
-        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
-        ce = tl.load(ce_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
-        de = _rows_load(u_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
-        de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
-        if MOMENTUM:
-            cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
-            de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
+        r, mr, kk, de = _de_tile(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds,
+                                 ok, mk, ov, mv, BR, MOMENTUM, LOWP)
         _rows_store(dv_ptr, cj, N, r, mr, ov, mv, DV, -de)
         if L2:
-            vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
-            e = tl.dot(kk, ms.to(dd), input_precision="ieee") - vv
+            vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(dm.dtype)
+            e = tl.dot(kk, ms.to(kk.dtype), input_precision="ieee") - vv
             _rows_store(e_ptr, cj, N, r, mr, ov, mv, DV, e)
 
     @triton.jit
@@ -1235,12 +1227,8 @@ def _kernels() -> dict:
         cj = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = ms_ptr.dtype.element_ty
-        ok = tl.arange(0, BK)
-        ov = i_v * BV + tl.arange(0, BV)
-        mk = ok < DK
-        mv = ov < DV
-        mkv = mk[:, None] & mv[None, :]
-        cs_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
+        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
+        cs_off = cj * DK * DV + kv_off
         dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
         ds = dm
         if MOMENTUM:
