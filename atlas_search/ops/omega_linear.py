@@ -211,8 +211,12 @@ def omega_linear(
 
 
 def _new_halo(halo: Tensor, x: Tensor) -> Tensor:
-    """Last ``window-1`` tokens of ``cat(halo, x)`` along the time dim (dim 2)."""
-    return torch.cat([halo, x], dim=2)[:, :, x.shape[2] :]
+    """Last ``window-1`` tokens of ``cat(halo, x)`` along the time dim (dim 2), as a new
+    tensor of that size (no copy of all of ``x``, and the state keeps none of it alive)."""
+    hl, t = halo.shape[2], x.shape[2]
+    if t >= hl:
+        return x[:, :, t - hl :].clone()
+    return torch.cat([halo[:, :, t:], x], dim=2)
 
 
 def _omega_reference(
@@ -324,7 +328,11 @@ def _dual_coeffs(al: Tensor, et: Tensor, th: Tensor | None, wmat: Tensor,
 
 def _blocks(x: Tensor, start: int, nc: int, size: int, step: int) -> Tensor:
     """``nc`` blocks of ``size`` along dim 2 starting at ``start`` with stride ``step``:
-    ``[B, H, L, *rest] -> [B, H, nc, size, *rest]``."""
+    ``[B, H, L, *rest] -> [B, H, nc, size, *rest]`` (a reshape when the blocks do not
+    overlap, so autograd's backward is a view too, not ``unfold_backward``)."""
+    if size == step:
+        y = x[:, :, start : start + nc * size]
+        return y.reshape(*x.shape[:2], nc, size, *x.shape[3:])
     y = x[:, :, start : start + (nc - 1) * step + size].unfold(2, size, step)
     return y.movedim(-1, 3)
 

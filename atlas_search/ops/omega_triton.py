@@ -344,10 +344,16 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     cd = torch.float64 if q.dtype == torch.float64 else torch.float32
     momentum = optimizer == "momentum"
 
-    qb = F.pad(q, (0, 0, 0, pad)).reshape(bsz, nh, nt, b, dk)
-    kx = torch.cat([st.halo_k, F.pad(k, (0, 0, 0, pad))], dim=2)
-    vx = torch.cat([st.halo_v, F.pad(v, (0, 0, 0, pad))], dim=2)
-    gx = torch.cat([st.halo_gamma, F.pad(gamma, (0, pad))], dim=2).to(cd)
+    def tpad(x: Tensor) -> Tensor:  # zero-pad the time dim (2) to NT * b, no copy if whole
+        return x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+
+    def after(halo: Tensor, x: Tensor) -> Tensor:  # cat(halo, x), no copy without a halo
+        return x if halo.shape[2] == 0 else torch.cat([halo, x], dim=2)
+
+    qb = tpad(q).reshape(bsz, nh, nt, b, dk)
+    kx = after(st.halo_k, tpad(k))
+    vx = after(st.halo_v, tpad(v))
+    gx = after(st.halo_gamma, tpad(gamma)).to(cd)
     kw = _blocks(kx, 0, nt, n, b)  # [B,H,NT,N,Dk]
     vw = _blocks(vx, 0, nt, n, b)
     gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N]
