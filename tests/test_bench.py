@@ -19,7 +19,7 @@ from atlas_search.bench import kernels_speed as ks
 ROOT = Path(__file__).resolve().parents[1]
 CUDA = torch.cuda.is_available()
 RESULT_KEYS = {"benchmark", "environment", "settings", "impls", "rows", "ratios", "acceptance",
-               "skipped", "footnotes", "elapsed_s"}
+               "skipped", "profile", "footnotes", "elapsed_s"}
 ROW_KEYS = {"impl", "window", "label", "head_dim", "T", "B", "H", "chunk", "dtype", "fwd_ms",
             "fwd_bwd_ms", "fwd_tokens_per_s", "fwd_bwd_tokens_per_s", "status", "note"}
 
@@ -393,3 +393,47 @@ def test_aot_check_refuses_an_interpreter_process():
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 2
     assert "interpreter mode" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cpu_profile_cli_and_json(cli, tmp_path):
+    """``--profile-T``: one fwd+bwd per head dim under torch.profiler; the aten self times
+    of the top names and the rest add up to the total, in the JSON and the printout."""
+    out_json = tmp_path / "bench.json"
+    res = cli("bench", "--T", "32,64", "--head-dim", "8,16", "--tokens", "128", "--width",
+              "32", "--chunk", "16", "--repeats", "1", "--warmup", "0", "--max-ref-T", "0",
+              "--profile-T", "64", "--json", out_json)
+    assert res.exit_code == 0, res.output
+    assert "where the time goes" in res.stdout and "aten::" in res.stdout
+    profs = json.loads(out_json.read_text())["profile"]
+    assert {(p["head_dim"], p["T"], p["label"]) for p in profs} == {
+        (d, 64, lab) for d in (8, 16) for lab in ("torch c=1", "torch c=16")}
+    for p in profs:
+        assert p["total_ms"] > 0 and p["launches"] > 0 and p["triton_ms"] is None
+        assert all(k["name"].startswith("aten::") and k["calls"] > 0 for k in p["top"])
+        parts = sum(k["ms"] for k in p["top"]) + p["rest_ms"]
+        assert parts == pytest.approx(p["total_ms"], rel=1e-9)
+        assert [k["ms"] for k in p["top"]] == sorted((k["ms"] for k in p["top"]), reverse=True)
+
+
+def test_profile_summary_of_gpu_kernel_events():
+    """The CUDA branch of the summary on stand-in events: only CUDA-device events count,
+    grouped by name; Triton kernels (plain names) are told apart from ATen's ``void ...``
+    kernels and memcpys."""
+    from types import SimpleNamespace
+
+    from torch.autograd import DeviceType
+
+    def ev(name, us, dev=DeviceType.CUDA):
+        return SimpleNamespace(name=name, device_type=dev, self_cpu_time_total=99.0,
+                               time_range=SimpleNamespace(elapsed_us=lambda: us))
+
+    events = [ev("_omega_states", 300), ev("_omega_states", 100), ev("_omega_bwd_dqk", 500),
+              ev("void at::native::vectorized_elementwise_kernel<4>(...)", 250),
+              ev("Memcpy DtoD (Device -> Device)", 50), ev("aten::mul", 1e6, DeviceType.CPU),
+              ev("cudaLaunchKernel", 1e6, DeviceType.CPU)]
+    s = ks.summarize_events(events, "cuda", top=2)
+    assert s["total_ms"] == pytest.approx(1.2) and s["launches"] == 5
+    assert s["triton_ms"] == pytest.approx(0.9)
+    assert [(k["name"], k["calls"]) for k in s["top"]] == [("_omega_bwd_dqk", 1),
+                                                           ("_omega_states", 2)]
+    assert s["rest_ms"] == pytest.approx(0.3) and s["rest_names"] == 2

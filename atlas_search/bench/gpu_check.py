@@ -445,10 +445,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="e.g. 64,128")
     ap.add_argument("--tokens", type=int, default=None, help="B*T (default 32768)")
     ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--profile-T", dest="profile_t", type=int, default=None,
+                    help="T of the kernel profiles (default 4096; 0: none)")
     args = ap.parse_args(argv)
     overrides = {k: tuple(v) if isinstance(v, list) else v for k, v in
                  {"ts": args.ts, "head_dims": args.head_dims, "tokens": args.tokens,
-                  "repeats": args.repeats}.items() if v is not None}
+                  "repeats": args.repeats, "profile_t": args.profile_t}.items()
+                 if v is not None}
     opts = Options(out=args.out, fla_wheels=args.fla_wheels, budget_s=args.budget_s,
                    pytest_timeout=args.pytest_timeout, skip_pytest=args.skip_pytest,
                    pytest_all=args.pytest_all,

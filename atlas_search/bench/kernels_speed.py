@@ -43,7 +43,7 @@ import platform
 import statistics
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -88,6 +88,7 @@ class Settings:
     long_s: float = 10.0
     seed: int = 0
     impls: tuple[str, ...] | None = None  # restrict to these names (default: all that apply)
+    profile_t: int | None = None  # profile one fwd+bwd per head dim at this T (None: off)
 
     def batch(self, t: int) -> int:
         return max(1, self.tokens // t)
@@ -100,16 +101,17 @@ def default_settings(device: str, quick: bool = False, **overrides: Any) -> Sett
     """Defaults per device; ``overrides`` with value ``None`` are ignored.
 
     GPU: ``T`` in 2k/4k/8k/16k, ``B * T = 32k`` tokens, ``H * D = 2048`` (32 heads of 64,
-    16 of 128), chunk 64, bf16, 2 warm-ups, median of 5. CPU (2 cores): ``T`` in
+    16 of 128), chunk 64, bf16, 2 warm-ups, median of 5, a kernel profile at ``T = 4096``
+    (:func:`profile_cell`). CPU (2 cores): ``T`` in
     512..4096, ``B * T = 8192``, ``H * D = 128``, chunk 64, fp32, median of 3, reference
     up to ``T = 512``. ``quick``: a smaller grid for smoke tests.
     """
     if device == "cuda":
         s = Settings(device="cuda", ts=(2048, 4096, 8192, 16384), head_dims=(64, 128),
                      tokens=32768, width=2048, chunk=64, dtype="bfloat16", repeats=5,
-                     warmup=2, max_ref_t=0, long_s=5.0)
+                     warmup=2, max_ref_t=0, long_s=5.0, profile_t=4096)
         if quick:
-            s = replace(s, ts=(2048, 8192), head_dims=(64, 128), repeats=3)
+            s = replace(s, ts=(2048, 8192), head_dims=(64, 128), repeats=3, profile_t=2048)
     else:
         s = Settings(device="cpu")
         if quick:
@@ -383,6 +385,90 @@ def time_cell(impl: Impl, x: _Inputs, settings: Settings, fla_fn: Callable | Non
     return results[0], results[1], "; ".join(notes)
 
 
+PROFILED = {"cuda": ("triton c=1", "triton c=16", "fla"), "cpu": ("torch c=1", "torch c=16")}
+"""The cells :func:`run_bench` profiles (at ``Settings.profile_t``, when they timed ok)."""
+
+
+def profile_cell(impl: Impl, x: _Inputs, settings: Settings, fla_fn: Callable | None,
+                 top: int = 8) -> dict:
+    """One fwd+bwd under ``torch.profiler``: where the time goes. GPU: every kernel's device
+    time, grouped by kernel name (Triton kernels are named by their function, e.g.
+    ``_omega_bwd_dqk``; ATen/cuBLAS kernels are C++ names, ``void ...``); CPU: the self
+    time of every ``aten::`` op. Returns the total, the Triton share (GPU), the ``top``
+    names and the rest."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = settings.device == "cuda"
+    call = _call(impl, x, settings, fla_fn)
+    for leaf in x.leaves():
+        leaf.grad = None
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        call().backward(x.do)
+        if cuda:
+            torch.cuda.synchronize()
+    return {"label": impl.label, "head_dim": None, "T": None,
+            **summarize_events(prof.events(), settings.device, top)}
+
+
+def summarize_events(events: Iterable[Any], device: str, top: int = 8) -> dict:
+    """Group profiler events by name: on ``cuda`` the device time of every kernel event
+    (``device_type`` CUDA), on ``cpu`` the self time of every ``aten::`` op; total, Triton
+    share (cuda: kernels named by a plain identifier, not ``void ...``/``Memcpy``), the
+    ``top`` names and the rest."""
+    from torch.autograd import DeviceType
+
+    cuda = device == "cuda"
+    agg: dict[str, list[float]] = {}
+    for e in events:
+        if cuda:
+            if e.device_type != DeviceType.CUDA:
+                continue
+            us = float(e.time_range.elapsed_us())
+        else:
+            if e.device_type != DeviceType.CPU or not e.name.startswith("aten::"):
+                continue
+            us = float(e.self_cpu_time_total)
+        slot = agg.setdefault(e.name, [0.0, 0])
+        slot[0] += us
+        slot[1] += 1
+    names = sorted(agg, key=lambda n: -agg[n][0])
+    total = sum(v[0] for v in agg.values()) / 1e3
+
+    def is_triton(name: str) -> bool:
+        return not name.startswith(("void ", "Memcpy", "Memset", "aten::")) and " " not in name
+
+    return {
+        "device": device, "total_ms": total, "launches": sum(int(v[1]) for v in agg.values()),
+        "triton_ms": sum(v[0] for n, v in agg.items() if is_triton(n)) / 1e3 if cuda else None,
+        "top": [{"name": n, "ms": agg[n][0] / 1e3, "calls": int(agg[n][1])} for n in names[:top]],
+        "rest_ms": sum(agg[n][0] for n in names[top:]) / 1e3, "rest_names": len(names[top:]),
+    }
+
+
+def profile_lines(result: dict) -> list[str]:
+    """The profiles as text: per cell the total, the Triton share and the top names."""
+    lines = []
+    for p in result.get("profile", []):
+        if p.get("error"):
+            lines.append(f"  D={p['head_dim']} T={p['T']} {p['label']}: {p['error']}")
+            continue
+        what = "device time" if p["device"] == "cuda" else "aten self CPU time"
+        head = (f"  D={p['head_dim']} T={p['T']} {p['label']}: {p['total_ms']:.2f} ms {what} "
+                f"in {p['launches']} calls")
+        if p["triton_ms"] is not None and p["total_ms"]:
+            head += (f"; Triton kernels {p['triton_ms']:.2f} ms "
+                     f"({100 * p['triton_ms'] / p['total_ms']:.0f}%)")
+        lines.append(head)
+        for k in p["top"]:
+            share = 100 * k["ms"] / p["total_ms"] if p["total_ms"] else 0.0
+            name = k["name"] if len(k["name"]) <= 70 else k["name"][:67] + "..."
+            lines.append(f"      {k['ms']:8.3f} ms {share:3.0f}%  x{k['calls']:<4d} {name}")
+        if p["rest_names"]:
+            lines.append(f"      {p['rest_ms']:8.3f} ms       {p['rest_names']} more names")
+    return lines
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -573,6 +659,27 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
             f"fwd {_fmt(row['fwd_ms'], '.2f'):>9s} ms  fwd+bwd {_fmt(row['fwd_bwd_ms'], '.2f'):>9s}"
             f" ms  {_fmt(row['fwd_bwd_tokens_per_s'], ',.0f'):>12s} tok/s"
             + (f"  [{note}]" if note else ""))
+    profiles = []
+    pt = settings.profile_t
+    for d in settings.head_dims if pt else ():
+        for impl in impls:
+            row = rows.get((d, pt, impl.label))
+            if impl.label not in PROFILED[settings.device] or not row or row["status"] != "ok":
+                continue
+            if deadline is not None and time.monotonic() > deadline:
+                break
+            b, h = settings.batch(pt), settings.n_heads(d)
+            try:
+                if cache is None or cache[0] != (b, pt, h, d):
+                    cache = None
+                    cache = ((b, pt, h, d), make_inputs(b, pt, h, d, dtype, settings.device,
+                                                        settings.seed))
+                prof = profile_cell(impl, cache[1], settings, fla_fn)
+            except Exception as exc:  # noqa: BLE001 - a profile is extra information
+                prof = {"label": impl.label, "error": f"{type(exc).__name__}: "
+                        f"{_first_line(exc)}"}
+            profiles.append({**prof, "head_dim": d, "T": pt})
+            say(f"  profiled D={d} T={pt} {impl.label}")
     order = {(d, t, i.label): n for n, (d, t, i) in enumerate(
         (d, t, i) for d in settings.head_dims for t in settings.ts for i in impls)}
     row_list = sorted(rows.values(), key=lambda r: order[(r["head_dim"], r["T"], r["label"])])
@@ -586,6 +693,7 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
         "ratios": ratios,
         "acceptance": acceptance(ratios) if settings.device == "cuda" else None,
         "skipped": skipped,
+        "profile": profiles,
         "footnotes": [n for key, n in FOOTNOTES if key in ("", *(i.name for i in impls))],
         "elapsed_s": time.monotonic() - t_start,
     }
@@ -683,6 +791,9 @@ def tail_lines(result: dict) -> list[str]:
     lines = []
     if result.get("acceptance"):
         lines += ["", "acceptance (GPU):", *("  " + v for v in verdict_lines(result))]
+    if result.get("profile"):
+        lines += ["", "where the time goes (one fwd+bwd under torch.profiler):",
+                  *profile_lines(result)]
     if result["skipped"]:
         lines += ["", *result["skipped"]]
     lines += ["", "notes:", *(f"  {n}" for n in result["footnotes"])]

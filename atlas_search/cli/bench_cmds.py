@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -96,6 +97,9 @@ def bench(
     budget_s: Annotated[float | None, typer.Option(
         help="skip the remaining cells after this many seconds (gpu-check: the whole "
         "check, default 450)")] = None,
+    profile_t: Annotated[int | None, typer.Option(
+        "--profile-T", help="profile one fwd+bwd per head dim at this T (GPU: triton c=1, "
+        "c=16, fla; CPU: torch c=1, c=16; default GPU 4096, CPU off; 0: off)")] = None,
     threads: Annotated[int, typer.Option(help="CPU: torch threads")] = 1,
     quick: Annotated[bool, typer.Option(help="a tiny grid (smoke test)")] = False,
     fla_wheels: Annotated[Path | None, typer.Option(
@@ -115,6 +119,7 @@ def bench(
     _positive("--warmup", warmup, 0)
     _positive("--max-ref-T", max_ref_t, 0)
     _positive("--budget-s", budget_s, 1)
+    _positive("--profile-T", profile_t, 0)
     if device not in ("auto", "cpu", "cuda"):
         raise _bad("--device", f"must be auto, cpu or cuda, got {device!r}")
     import torch
@@ -131,7 +136,8 @@ def bench(
             raise _bad("--gpu-check", "needs --out DIR (where gpu_check.json and the tables go)")
         overrides = {"ts": t, "head_dims": d, "tokens": tokens, "repeats": repeats,
                      "width": width, "heads": heads, "chunk": chunk, "windows": w,
-                     "warmup": warmup, "dtype": None if dtype == "auto" else dtype}
+                     "warmup": warmup, "dtype": None if dtype == "auto" else dtype,
+                     "profile_t": profile_t}
         opts = gc.Options(out=out_dir, fla_wheels=fla_wheels,
                           budget_s=budget_s or gc.TOTAL_BUDGET_S, skip_pytest=skip_pytest,
                           quick=quick,
@@ -152,6 +158,8 @@ def bench(
         device, quick=quick, ts=t, head_dims=d, tokens=tokens, width=width, heads=heads,
         chunk=chunk, windows=w, dtype=None if dtype == "auto" else dtype, repeats=repeats,
         warmup=warmup, max_ref_t=max_ref_t, budget_s=budget_s)
+    if profile_t is not None:
+        settings = replace(settings, profile_t=profile_t or None)
     fla = None
     if device == "cuda":
         from ..bench.gpu_check import prepare_fla
