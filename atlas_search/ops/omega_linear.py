@@ -309,6 +309,21 @@ class _DualCoeffs(NamedTuple):
     cum_th: Tensor | None  # Theta_t = prod_{tau<=t} theta_tau
 
 
+def _window_weights(gw: Tensor, length: int, hl: int) -> Tensor:
+    """``W[..., t, i] = gamma_i [i in window(t)]`` over a chunk's ``length + hl`` window rows
+    (:func:`_window_mask`). For ``hl = 0`` (``c = 1``) ``W = diag(gamma)``, returned as its
+    diagonal ``[..., length]`` so that products with it are column scalings
+    (:func:`_times_w`), not matmuls with a mostly-zero matrix."""
+    if hl == 0:
+        return gw
+    return gw.unsqueeze(-2) * _window_mask(length, hl, gw.device).to(gw.dtype)
+
+
+def _times_w(dec: Tensor, w: Tensor) -> Tensor:
+    """``dec @ W`` for ``W`` from :func:`_window_weights` (a matrix, or a diagonal)."""
+    return dec @ w if w.dim() == dec.dim() else dec * w.unsqueeze(-2)
+
+
 def _dual_coeffs(al: Tensor, et: Tensor, th: Tensor | None, wmat: Tensor,
                  momentum: bool) -> _DualCoeffs:
     """The decay products and the eta-weighted window matrix ``W`` folded into the dual-form
@@ -316,12 +331,12 @@ def _dual_coeffs(al: Tensor, et: Tensor, th: Tensor | None, wmat: Tensor,
     ``C_S = Dec_th (eta * W)``, ``C_M = Dec_a C_S``, ``Bm = Dec_a Theta``)."""
     cum_a = torch.cumprod(al, dim=-1)
     dec_a = _decay_matrix(al)
-    ew = et.unsqueeze(-1) * wmat
+    ew = et.unsqueeze(-1) * wmat if wmat.dim() > et.dim() else et * wmat  # eta * W
     if not momentum:
-        return _DualCoeffs(cum_a, dec_a @ ew, None, None, None)
+        return _DualCoeffs(cum_a, _times_w(dec_a, ew), None, None, None)
     assert th is not None
     cum_th = torch.cumprod(th, dim=-1)
-    c_s = _decay_matrix(th) @ ew
+    c_s = _times_w(_decay_matrix(th), ew)
     b_m = (dec_a @ cum_th.unsqueeze(-1)).squeeze(-1)
     return _DualCoeffs(cum_a, dec_a @ c_s, c_s, b_m, cum_th)
 
@@ -407,15 +422,14 @@ def _omega_torch(
         et = _blocks(eta, start, nc, length, length)
         th = _blocks(theta, start, nc, length, length)
 
-        band = _window_mask(length, hl, q.device)  # window of token t in I coords
-        wmat = gw.unsqueeze(-2) * band.to(gw.dtype)  # [B,H,nc,L,L+c-1]
+        wmat = _window_weights(gw, length, hl)  # [B,H,nc,L,L+c-1] (c = 1: its diagonal)
         if optimizer != "muon":
             cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, optimizer == "momentum")
             p_mat = c_m * (qc @ kw.transpose(-1, -2))  # [B,H,nc,L,L+c-1]
         else:
             cum_a = torch.cumprod(al, dim=-1)
             cum_th = torch.cumprod(th, dim=-1)
-            c_s = _decay_matrix(th) @ wmat
+            c_s = _times_w(_decay_matrix(th), wmat)
             dec_eta = _decay_matrix(al) * et.unsqueeze(-2)
 
         # unbind once: indexing [:, :, j] per chunk would make autograd allocate a

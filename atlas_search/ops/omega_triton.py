@@ -146,7 +146,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .omega_linear import _blocks, _dual_coeffs, _new_halo, _State, _window_mask
+from .omega_linear import _blocks, _dual_coeffs, _new_halo, _State, _window_weights
 
 NAN_FILL = False
 AUTOTUNE = True
@@ -360,7 +360,7 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
     et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
 
-    wmat = gw.unsqueeze(-2) * _window_mask(b, hl, q.device).to(cd)  # W  [B,H,NT,b,N]
+    wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
     th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b) if momentum else None
     cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
     # the last real token of every chunk
