@@ -210,6 +210,11 @@ def omega_linear(
     return o.transpose(1, 2), state
 
 
+def _with_halo(halo: Tensor, x: Tensor) -> Tensor:
+    """``cat(halo, x)`` along the time dim (dim 2); ``x`` itself (no copy) without a halo."""
+    return x if halo.shape[2] == 0 else torch.cat([halo, x], dim=2)
+
+
 def _new_halo(halo: Tensor, x: Tensor) -> Tensor:
     """Last ``window-1`` tokens of ``cat(halo, x)`` along the time dim (dim 2), as a new
     tensor of that size (no copy of all of ``x``, and the state keeps none of it alive)."""
@@ -236,9 +241,9 @@ def _omega_reference(
 ) -> tuple[Tensor, _State]:
     """Per-token loop over DESIGN.md §2, head-major inputs ``[B, H, T, ...]``."""
     t_len = q.shape[2]
-    kx = torch.cat([st.halo_k, k], dim=2)
-    vx = torch.cat([st.halo_v, v], dim=2)
-    gx = torch.cat([st.halo_gamma, gamma], dim=2)
+    kx = _with_halo(st.halo_k, k)
+    vx = _with_halo(st.halo_v, v)
+    gx = _with_halo(st.halo_gamma, gamma)
     m, s, anchor = st.memory, st.momentum, st.anchor
     outs = []
     for j in range(t_len):
@@ -389,9 +394,9 @@ def _omega_torch(
     dv = v.shape[-1]
     hl = c - 1
     p0 = st.position
-    kx = torch.cat([st.halo_k, k], dim=2)
-    vx = torch.cat([st.halo_v, v], dim=2)
-    gx = torch.cat([st.halo_gamma, gamma], dim=2)
+    kx = _with_halo(st.halo_k, k)
+    vx = _with_halo(st.halo_v, v)
+    gx = _with_halo(st.halo_gamma, gamma)
 
     # groups of equal-length chunks, aligned to absolute multiples of b:
     # (first partial chunk continuing a previous call), full chunks, last partial chunk

@@ -146,7 +146,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from .omega_linear import _blocks, _dual_coeffs, _new_halo, _State, _window_weights
+from .omega_linear import (
+    _blocks,
+    _dual_coeffs,
+    _new_halo,
+    _State,
+    _window_weights,
+    _with_halo,
+)
 
 NAN_FILL = False
 AUTOTUNE = True
@@ -347,13 +354,10 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     def tpad(x: Tensor) -> Tensor:  # zero-pad the time dim (2) to NT * b, no copy if whole
         return x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
 
-    def after(halo: Tensor, x: Tensor) -> Tensor:  # cat(halo, x), no copy without a halo
-        return x if halo.shape[2] == 0 else torch.cat([halo, x], dim=2)
-
     qb = tpad(q).reshape(bsz, nh, nt, b, dk)
-    kx = after(st.halo_k, tpad(k))
-    vx = after(st.halo_v, tpad(v))
-    gx = after(st.halo_gamma, tpad(gamma)).to(cd)
+    kx = _with_halo(st.halo_k, tpad(k))
+    vx = _with_halo(st.halo_v, tpad(v))
+    gx = _with_halo(st.halo_gamma, tpad(gamma)).to(cd)
     kw = _blocks(kx, 0, nt, n, b)  # [B,H,NT,N,Dk]
     vw = _blocks(vx, 0, nt, n, b)
     gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N]
