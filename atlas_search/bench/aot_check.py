@@ -139,8 +139,9 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
     from triton.compiler import ASTSource
 
     fn = kern[name]
-    consts = {**ot._tiles(var.chunk, var.rows), "BK": _block(ot, name, var.head_dim),
-              "BV": bv, "MOMENTUM": var.momentum, "L2": var.l2, "LOWP": var.dtype != "float32"}
+    consts = {**ot._consts(var.chunk, var.rows, var.head_dim, var.momentum, var.l2,
+                           var.dtype != "float32"),
+              "BK": _block(ot, name, var.head_dim), "BV": bv}
     sig = {}
     for a in fn.arg_names:
         if a in consts:
@@ -179,12 +180,13 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
                   progress: Callable[[str], None] | None = None) -> dict:
     """Compile every kernel for every variant (every autotune config, or only the first)."""
     ot, kern = _ready_triton()
+    import triton
+    from triton import knobs
+
     rows: list[Row] = []
     done: dict[tuple, Row] = {}  # identical compiles (bwd_dqk's Dk block) are reported once
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
-        from triton import knobs
-
         old = knobs.cache.dir
         knobs.cache.dir = cache
         try:
@@ -203,8 +205,6 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
                             progress(_line(row))
         finally:
             knobs.cache.dir = old
-    import triton
-
     return {"arch": arch, "triton": triton.__version__, "rows": [asdict(r) for r in rows],
             "failed": sum(r.error is not None for r in rows),
             "spilling": sum(bool(r.spill_stores) for r in rows),

@@ -635,10 +635,12 @@ def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts:
     fn[lambda meta: grid(meta["BV"])](*args, **consts)
 
 
-def _tiles(b: int, n: int) -> dict:
-    """Row-tile constants: ``BL`` for a chunk's own ``b`` rows, ``BH`` for its ``n - b =
-    c - 1`` halo rows (``HALO``: ``c > 1``)."""
-    return dict(BL=_np2(b), BH=_np2(max(1, n - b)), HALO=n > b)
+def _consts(b: int, n: int, dk: int, mom: bool, l2: bool, lowp: bool) -> dict:
+    """The constexprs of every kernel but ``BV``: ``BL`` for a chunk's own ``b`` rows, ``BH``
+    for its ``n - b = c - 1`` halo rows (``HALO``: ``c > 1``), ``BK`` for ``Dk`` (the
+    launch of ``bwd_dqk`` replaces it by its Dk block) and the flags."""
+    return dict(BL=_np2(b), BH=_np2(max(1, n - b)), HALO=n > b, BK=_np2(dk), MOMENTUM=mom,
+                L2=l2, LOWP=lowp)
 
 
 def _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
@@ -673,8 +675,7 @@ def _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
         dk,
         dv,
     )
-    consts = dict(**_tiles(b, n), BK=_np2(dk), MOMENTUM=mom, L2=l2,
-                  LOWP=_lowp(k, kern["interpret"]))
+    consts = _consts(b, n, dk, mom, l2, _lowp(k, kern["interpret"]))
     _call(kern, "states", bh, dk, dv, args, consts)
     return mf, sf, ms, ss
 
@@ -689,8 +690,7 @@ def _launch_forward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2):
         mf, sf, ms, ss = _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
         o = _empty((bh, nt, b, dv), q.dtype, q.device)
         args = (q, k, v, a, c, bm if mom else a, ms, ss, o, b, n, dk, dv)
-        consts = dict(**_tiles(b, n), BK=_np2(dk), MOMENTUM=mom, L2=l2,
-                      LOWP=_lowp(q, kern["interpret"]))
+        consts = _consts(b, n, dk, mom, l2, _lowp(q, kern["interpret"]))
         _call(kern, "out", bh * nt, dk, dv, args, consts)
         man = ms[:, nt - 1].clone()  # the anchor output: the start state of the last chunk
     except Exception as exc:
@@ -712,16 +712,14 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
         cd, dev = m0.dtype, q.device
         _, _, ms, ss = _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
         dummy = a
-        lowp = _lowp(q, kern["interpret"])
-        flags = dict(MOMENTUM=mom, L2=l2, LOWP=lowp)
-        blk = dict(**_tiles(b, n), BK=_np2(dk))
+        consts = _consts(b, n, dk, mom, l2, _lowp(q, kern["interpret"]))
 
         # local: W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO
         w = _empty((bh, nt, dk, dv), cd, dev)
         ws = _empty((bh, nt, dk, dv), cd, dev) if mom else w
         u = _empty((bh, nt, n, dv), cd, dev)
         args = (q, k, a, c, bm if mom else dummy, do, u, w, ws, b, n, dk, dv)
-        _call(kern, "bwd_local", nc, dk, dv, args, {**blk, **flags})
+        _call(kern, "bwd_local", nc, dk, dv, args, consts)
 
         # reverse recurrence: dM_end (dS_end) of every chunk, dM_0 (dS_0)
         dme = _empty((bh, nt, dk, dv), cd, dev)
@@ -751,14 +749,14 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dk,
             dv,
         )
-        _call(kern, "bwd_dh", bh, dk, dv, args, {**blk, **flags})
+        _call(kern, "bwd_dh", bh, dk, dv, args, consts)
         del w, ws
 
         # dV_I = -dE and (l2) E, per (chunk, column block)
         dv_ = _empty((bh, nt, n, dv), cd, dev)
         e = _empty((bh, nt, n, dv), cd, dev) if l2 else dv_
         args = (k, v, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, b, n, dk, dv)
-        _call(kern, "bwd_dv", nc, dk, dv, args, {**blk, **flags})
+        _call(kern, "bwd_dv", nc, dk, dv, args, consts)
         del u
 
         # dQ, dK_I whole; the Dk-summed gradients per Dk block (summed below)
@@ -809,8 +807,7 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dk,
             dv,
         )
-        consts = dict(blk, BK=bk, **flags)
-        _call(kern, "bwd_dqk", nc, dk, dv, args, consts, g1=nk)
+        _call(kern, "bwd_dqk", nc, dk, dv, args, dict(consts, BK=bk), g1=nk)
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
     stats["backward"] += 1
