@@ -347,6 +347,13 @@ def _checked(impl: Impl, fn: Callable[[], Any], kind: str) -> Callable[[], Any]:
     return fn
 
 
+def _fwd_bwd(call: Callable[[], torch.Tensor], x: _Inputs) -> None:
+    """A forward with autograd and the backward of the fixed output gradient (fresh grads)."""
+    for leaf in x.leaves():
+        leaf.grad = None
+    call().backward(x.do)
+
+
 def time_cell(impl: Impl, x: _Inputs, settings: Settings, fla_fn: Callable | None
               ) -> tuple[float | None, float | None, str]:
     """``(fwd seconds, fwd+bwd seconds, note)``; a failing half is None with its error in
@@ -363,10 +370,7 @@ def time_cell(impl: Impl, x: _Inputs, settings: Settings, fla_fn: Callable | Non
             fwd_call()
 
     def fwd_bwd() -> None:
-        for leaf in x.leaves():
-            leaf.grad = None
-        out = fwd_call()
-        out.backward(x.do)
+        _fwd_bwd(fwd_call, x)
 
     results: list[float | None] = []
     for kind, fn in (("fwd", fwd), ("fwd+bwd", fwd_bwd)):
@@ -400,15 +404,12 @@ def profile_cell(impl: Impl, x: _Inputs, settings: Settings, fla_fn: Callable | 
 
     cuda = settings.device == "cuda"
     call = _call(impl, x, settings, fla_fn)
-    for leaf in x.leaves():
-        leaf.grad = None
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     with profile(activities=acts) as prof:
-        call().backward(x.do)
+        _fwd_bwd(call, x)
         if cuda:
             torch.cuda.synchronize()
-    return {"label": impl.label, "head_dim": None, "T": None,
-            **summarize_events(prof.events(), settings.device, top)}
+    return {"label": impl.label, **summarize_events(prof.events(), settings.device, top)}
 
 
 def summarize_events(events: Iterable[Any], device: str, top: int = 8) -> dict:
@@ -631,6 +632,16 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
     deadline = None if settings.budget_s is None else t_start + settings.budget_s
     rows: dict[tuple, dict] = {}
     cache: tuple[tuple, _Inputs] | None = None
+
+    def inputs(shape: tuple[int, int, int, int]) -> _Inputs:
+        """The inputs of ``(B, T, H, D)``, made once per shape (the previous ones freed)."""
+        nonlocal cache
+        if cache is None or cache[0] != shape:
+            cache = None
+            if settings.device == "cuda":
+                torch.cuda.empty_cache()
+            cache = (shape, make_inputs(*shape, dtype, settings.device, settings.seed))
+        return cache[1]
     for _late, hi, ti, _n, impl in cells:
         d, t = settings.head_dims[hi], settings.ts[ti]
         b, h = settings.batch(t), settings.n_heads(d)
@@ -643,14 +654,8 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
             rows[key] = _row(impl, d, t, b, h, settings, None, None, "skipped",
                              f"time budget {settings.budget_s:g}s spent")
             continue
-        shape = (b, t, h, d)
         try:
-            if cache is None or cache[0] != shape:
-                cache = None
-                if settings.device == "cuda":
-                    torch.cuda.empty_cache()
-                cache = (shape, make_inputs(*shape, dtype, settings.device, settings.seed))
-            fwd, fwd_bwd, note = time_cell(impl, cache[1], settings, fla_fn)
+            fwd, fwd_bwd, note = time_cell(impl, inputs((b, t, h, d)), settings, fla_fn)
         except Exception as exc:  # noqa: BLE001 - e.g. OOM while making the inputs
             fwd, fwd_bwd, note = None, None, f"{type(exc).__name__}: {_first_line(exc)}"
         status = "ok" if fwd is not None and fwd_bwd is not None else "error"
@@ -670,11 +675,7 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
                 break
             b, h = settings.batch(pt), settings.n_heads(d)
             try:
-                if cache is None or cache[0] != (b, pt, h, d):
-                    cache = None
-                    cache = ((b, pt, h, d), make_inputs(b, pt, h, d, dtype, settings.device,
-                                                        settings.seed))
-                prof = profile_cell(impl, cache[1], settings, fla_fn)
+                prof = profile_cell(impl, inputs((b, pt, h, d)), settings, fla_fn)
             except Exception as exc:  # noqa: BLE001 - a profile is extra information
                 prof = {"label": impl.label, "error": f"{type(exc).__name__}: "
                         f"{_first_line(exc)}"}
