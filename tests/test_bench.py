@@ -7,7 +7,9 @@ import math
 import os
 import subprocess
 import sys
+import time
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -296,9 +298,12 @@ def test_run_pytest_outcomes_and_timeout(tmp_path, monkeypatch):
 
 
 def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch):
-    """The check's steps with stand-ins for the CUDA parts: kernel checks, then the
-    benchmark, then the tests with the time left; gpu_check.json is on disk before the
-    tests start (a run cut off there keeps the measurement); a failing step gives exit 1."""
+    """The check's steps with stand-ins for the CUDA parts: the kernel checks, the tests and
+    the compiles at once, then the benchmark alone with the rest of the budget;
+    gpu_check.json holds the first phase before the benchmark starts (a run cut off there
+    keeps it); a failing step gives exit 1."""
+    from atlas_search.bench import prewarm
+
     calls: list[str] = []
     monkeypatch.setattr(gc, "require_cuda", lambda: None)
     monkeypatch.setattr(gc, "prepare_fla", lambda dirs=None: FakeFla())
@@ -311,31 +316,53 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch):
         return {"status": "passed", "message": "1/1 rows within budget", "rows": [],
                 "summary": [], "seconds": 0.0}
 
-    def bench(settings, fla=None):
+    def compile_jobs(jobs, procs, timeout, extra_path=()):
+        calls.append("prewarm")
+        assert {j.impl for j in jobs} == {"triton"} and procs == 8 and timeout >= 30
+        return {"jobs": len(jobs), "failed": 0, "seconds": 0.0, "rows": []}
+
+    def bench(settings, fla, t0):
         calls.append("bench")
+        saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+        assert {"kernel_checks", "pytest", "prewarm"} <= set(saved)
+        assert settings.budget_s >= gc.BENCH_RESERVE_S - 5
         return {"rows": [], "acceptance": {"triton_faster_than_torch": {
             "ok": verdict["ok"], "note": "stand-in", "rule": "", "checks": []}}}
 
-    def pytest_step(repo, timeout, out_file, run_all=False):
+    def pytest_step(repo, timeout, out_file, run_all=False, workers=0):
         calls.append("pytest")
-        saved = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
-        assert "bench" in saved and "kernel_checks" in saved
         assert timeout >= 30
         return {"status": "passed", "message": "3 passed", "seconds": 0.0}
 
+    cfg_rows = [{"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 1, "ok": True}]
+
+    def config_checks(procs, timeout, shapes, deadline):
+        calls.append("config_checks")
+        return cfg_rows
+
+    from atlas_search.bench import config_check
+
     verdict = {"ok": True}
+    monkeypatch.setattr(config_check, "run_config_checks", config_checks)
+    monkeypatch.setattr(config_check, "sanitize", lambda shape, timeout: {
+        "status": "clean", "lines": []})
+    monkeypatch.setenv("ATLAS_TRITON_AUTOTUNE", "1")
     monkeypatch.setattr(gc, "run_kernel_checks_subprocess", kernel_checks)
-    monkeypatch.setattr(ks, "run_bench", bench)
+    monkeypatch.setattr(prewarm, "prewarm", compile_jobs)
+    monkeypatch.setattr(gc, "run_bench_isolated", bench)
     monkeypatch.setattr(ks, "format_text", lambda result: "table")
     monkeypatch.setattr(ks, "format_markdown", lambda result: "| table |\n")
     monkeypatch.setattr(gc, "run_pytest", pytest_step)
     assert gc.run_gpu_check(gc.Options(out=tmp_path / "out")) == 0
-    assert calls == ["kernel_checks", "bench", "pytest"]
+    assert sorted(calls[:4]) == ["config_checks", "kernel_checks", "prewarm", "pytest"]
+    assert calls[4:] == ["bench"] and os.environ["ATLAS_TRITON_AUTOTUNE"] == "1"
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert report["ok"] is True and report["pytest"]["status"] == "passed"
     assert (tmp_path / "out" / "bench_table.txt").read_text().strip() == "table"
     verdict["ok"] = False
+    cfg_rows[0]["ok"] = False  # a config that fails its check: the bench runs first configs
     assert gc.run_gpu_check(gc.Options(out=tmp_path / "out")) == 1
+    assert os.environ["ATLAS_TRITON_AUTOTUNE"] == "0"
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert report["ok"] is False and any("acceptance" in f for f in report["failures"])
 
@@ -364,7 +391,7 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     every kernel for sm_90 at the ``--quick`` variants (bf16 and fp32, gd and momentum, l2
     and dot, with and without the halo tile), and ptxas reports its registers and
     spills."""
-    from atlas_search.bench.aot_check import KERNELS, QUICK, SMEM_LIMIT
+    from atlas_search.bench.aot_check import COEF, KERNELS, QUICK, SMEM_LIMIT
 
     out = tmp_path / "aot.json"
     r = subprocess.run([sys.executable, "-m", "atlas_search.bench.aot_check", "--quick",
@@ -374,7 +401,7 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     res = json.loads(out.read_text())
     rows = res["rows"]
     assert res["arch"] == 90 and res["failed"] == 0
-    assert len(rows) == len(KERNELS) * len(QUICK)
+    assert len(rows) == sum(len(KERNELS) - len(COEF) * v.momentum for v in QUICK)
     assert {row["kernel"] for row in rows} == set(KERNELS)
     assert {(row["dtype"], row["window"]) for row in rows} == {(v.dtype, v.window)
                                                                 for v in QUICK}
@@ -437,3 +464,90 @@ def test_profile_summary_of_gpu_kernel_events():
     assert [(k["name"], k["calls"]) for k in s["top"]] == [("_omega_bwd_dqk", 1),
                                                            ("_omega_states", 2)]
     assert s["rest_ms"] == pytest.approx(0.3) and s["rest_names"] == 2
+
+
+def test_shard_autotune_splits_every_config_list_between_shards():
+    import triton
+
+    from atlas_search.bench.prewarm import shard_autotune
+
+    def kernel(x_ptr, n, BV: triton.language.constexpr):  # never launched
+        pass
+
+    cfgs = [triton.Config({"BV": bv}, num_warps=w) for bv in (16, 32) for w in (4, 8, 2)]
+    kept = []
+    for i in range(4):
+        with shard_autotune(i, 4):
+            tuner = triton.autotune(configs=cfgs, key=["n"])(triton.jit(kernel))
+        kept.append([(c.kwargs["BV"], c.num_warps) for c in tuner.configs])
+    assert sum(kept, []) == [(c.kwargs["BV"], c.num_warps) for c in cfgs[0::4] + cfgs[1::4]
+                             + cfgs[2::4] + cfgs[3::4]]
+    assert len(triton.autotune(configs=cfgs, key=["n"])(triton.jit(kernel)).configs) == 6
+
+
+def test_prewarm_runs_every_job_in_child_processes():
+    from atlas_search.bench import kernels_speed as ks
+    from atlas_search.bench.prewarm import jobs_for, prewarm
+
+    settings = ks.default_settings("cpu", quick=True, head_dims=(16,), windows=(1, 4))
+    jobs = jobs_for(settings, impls=("torch",), shards=1)
+    assert [(j.impl, j.window, j.d, j.t) for j in jobs] == [("torch", 1, 16, 256),
+                                                              ("torch", 4, 16, 256)]
+    res = prewarm(jobs, procs=2, timeout=120)
+    assert (res["jobs"], res["failed"]) == (2, 0), res["rows"]
+    bad = prewarm([replace(jobs[0], impl="nope")], procs=1, timeout=120)
+    assert bad["failed"] == 1 and "nope" in bad["rows"][0]["error"]
+
+
+def test_bench_groups_run_in_own_processes_and_a_lost_group_is_error_rows(monkeypatch):
+    """Each implementation group runs in a child process; rows come back merged in table
+    order with their ratios; a group whose process dies (stand-in: a timeout) leaves error
+    rows for its cells, and the other groups' rows stand."""
+    settings = ks.default_settings("cpu", quick=True, head_dims=(16,), ts=(64,),
+                                   windows=(1, 4), budget_s=200.0)
+    assert gc.bench_groups(settings) == [("triton", (1,)), ("fla", None), ("triton", (4,)),
+                                         ("sdpa", None), ("torch", (1,)), ("torch", (4,))]
+    real = gc._run_streaming
+
+    def run(cmd, timeout, env):
+        spec = json.loads(Path(cmd[-2]).read_text())
+        if spec["impls"] == ["torch"] and spec["windows"] == [4]:
+            return None
+        return real(cmd, timeout, env)
+
+    monkeypatch.setattr(gc, "_run_streaming", run)
+    res = gc.run_bench_isolated(settings, FakeFla(), time.monotonic())
+    got = {r["label"]: (r["status"], r["note"]) for r in res["rows"]}
+    assert list(got) == ["torch c=1", "torch c=4"]
+    assert got["torch c=1"][0] == "ok" and got["torch c=4"] == ("error", "its process timed out")
+    assert any("torch c=4" in s for s in res["skipped"])
+    assert res["rows"][0]["fwd_bwd_ms"] > 0
+
+
+def test_config_check_needs_cuda_and_skips_refused_shapes():
+    from atlas_search.bench import config_check
+    from atlas_search.ops import omega_triton
+
+    assert config_check.main([]) == 2
+    shapes = {tuple(j[0]) for j in config_check.jobs()}
+    assert shapes and all(omega_triton.gpu_hazard(s[3], s[3], s[4], (9, 0), "3.9.0") is None
+                          for s in shapes)
+    assert (1, 512, 2, 128, 16) not in shapes and (8, 4096, 16, 128, 1) in shapes
+    assert all(k in config_check.KERNELS and i >= 1 for _, k, i in config_check.jobs())
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="counts the CPU op graph (interpreter)")
+@pytest.mark.parametrize("window", [1, 4])
+def test_torch_bytes_gd_coefficients_stay_out_of_torch(window):
+    """The Triton path's torch side (kernels stubbed): the gd dual-form coefficients are
+    built and differentiated by the coefficient kernels, so no torch op builds or
+    differentiates a decay matrix; what torch still reads is a few passes over q, k, v."""
+    from atlas_search.bench.torch_bytes import measure
+
+    res = measure(head_dim=16, window=window, t=256, tokens=256, width=64, chunk=16)
+    for phase in ("fwd", "fwd_bwd"):
+        ops = set(res[phase]["by_op"])
+        assert not ops & {"aten::cumprod", "aten::cumprod_backward", "aten::masked_fill",
+                          "aten::gather", "aten::gather_backward", "aten::bmm"}, ops
+    qkv = 3 * 256 * 64 * 2 / 1e9  # q, k, v in fp16, GB
+    assert 0 < res["fwd"]["gb"] < 2.5 * qkv and res["fwd_bwd"]["gb"] < 8 * qkv, res

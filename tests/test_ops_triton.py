@@ -392,3 +392,77 @@ def test_model_with_triton_backend_matches_torch(preset):
     (y0, g0), (y1, g1) = got["torch"], got["triton"]
     assert rel_err(y0, y1) <= 1e-5
     assert all(rel_err(a, b) <= 1e-5 for a, b in zip(g0, g1, strict=True))
+
+
+def test_gpu_hazard_names_the_measured_cuda_faults(monkeypatch):
+    """The cases refused on CUDA: wide heads with a window (refused for every backend),
+    Hopper with a Triton in fla #640's range (auto only); ATLAS_TRITON_UNSAFE=1 lifts both."""
+    monkeypatch.delenv(omega_triton.UNSAFE_ENV, raising=False)
+    hz = omega_triton.gpu_hazard
+    assert hz(128, 128, 16, (9, 0), "3.9.0")[0::2] == ("wide-window", True)
+    assert hz(64, 128, 2, (8, 0), "3.9.0")[0] == "wide-window"
+    assert hz(128, 128, 1, (9, 0), "3.9.0") is None
+    assert hz(64, 64, 16, (9, 0), "3.9.0") is None
+    assert hz(64, 64, 16, (9, 0), "3.6.0")[0::2] == ("hopper-triton", False)
+    assert hz(64, 64, 16, (9, 0), "3.7.1") is None and hz(64, 64, 16, (9, 0), "3.3.1") is None
+    assert hz(64, 64, 16, (8, 0), "3.6.0") is None  # A100: not the Hopper codegen bug
+    assert hz(64, 64, 1, (9, 0), "3.7.0+git1234")[0] == "hopper-triton"
+    monkeypatch.setenv(omega_triton.UNSAFE_ENV, "1")
+    assert hz(128, 128, 16, (9, 0), "3.6.0") is None
+
+
+def test_autotune_configs_are_eight_warps_and_distinct():
+    """No 4-warp configs (one returned wrong outputs on an H100 with Triton 3.6.0); each
+    kernel's list has no duplicates after capping BV at the head dim."""
+    for name in ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk"):
+        for d in (16, 64, 128):
+            cfgs = omega_triton.configs(name, d, d)
+            assert cfgs and len(set(cfgs)) == len(cfgs)
+            assert all(w == 8 and bv <= max(16, d) for bv, w in cfgs)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("window", [1, 3])
+def test_gd_coefficient_kernels_exact_for_zero_and_tiny_gates(device, window):
+    """gd builds its dual-form coefficients in ``_coef_fwd`` / ``_coef_bwd`` (no division
+    by a gate): with retention gates exactly 0, 1e-30 and 1 mixed in, outputs and the
+    gradients of every input and gate equal the float64 reference token loop, and are
+    finite; a partial last chunk exercises the chunk-end index, c = 3 the halo rows."""
+    dtype = F64 if device == "cpu" else F32
+    gen = torch.Generator().manual_seed(3)
+    b_, t, h, dk, dv, chunk = 1, 11, 2, 5, 7, 4
+
+    def leaf(x):
+        return x.to(device=device, dtype=dtype).requires_grad_()
+
+    base = {"q": torch.randn(b_, t, h, dk, generator=gen),
+            "k": torch.nn.functional.normalize(torch.randn(b_, t, h, dk, generator=gen), dim=-1),
+            "v": torch.randn(b_, t, h, dv, generator=gen),
+            "alpha": torch.rand(b_, t, h, generator=gen),
+            "eta": torch.rand(b_, t, h, generator=gen),
+            "gamma": torch.rand(b_, t, h, generator=gen) + 0.5}
+    base["alpha"][0, 2, 0] = 0.0
+    base["alpha"][0, 5, 1] = 1e-30
+    base["alpha"][0, 9, :] = 1.0
+    do = torch.randn(b_, t, h, dv, generator=gen)
+    grads = {}
+    for backend in ("reference", "triton"):
+        x = {n: leaf(v) for n, v in base.items()}
+        dev_do = do.to(device=device, dtype=dtype)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            n0 = omega_triton.stats["backward"]
+            o, _ = omega_linear(x["q"], x["k"], x["v"], alpha=x["alpha"], eta=x["eta"],
+                                gamma=x["gamma"], theta=None, window=window,
+                                chunk_size=chunk,
+                                optimizer="gd", objective="l2", backend=backend)
+            (o * dev_do).sum().backward()
+        if backend == "triton":
+            assert omega_triton.stats["backward"] == n0 + 1
+        grads[backend] = {"o": o.detach().cpu().double(),
+                          **{n: v.grad.cpu().double() for n, v in x.items()}}
+    tol = 1e-10 if dtype == F64 else 1e-5
+    for n, ref in grads["reference"].items():
+        got = grads["triton"][n]
+        assert torch.isfinite(got).all(), n
+        assert rel_err(ref, got) <= tol, (n, rel_err(ref, got))

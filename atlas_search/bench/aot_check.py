@@ -37,9 +37,10 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 
-KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk")
+KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk", "coef_fwd", "coef_bwd")
+COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (one launch config: 8 warps)
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
-_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr")  # the others: fp32
+_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr")  # else fp32
 _TL = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -85,10 +86,12 @@ class Row:
 
 QUICK = (
     Variant("bfloat16", False, True, 64, 64, 1),  # the benchmark's gd shape
+    Variant("bfloat16", False, True, 64, 64, 16),  # its c = 16 (the coefficient band)
     Variant("bfloat16", True, False, 32, 16, 4),  # momentum, dot objective, halo tile
     Variant("float32", True, True, 32, 16, 4),  # fp32 IEEE dots, momentum, halo tile
 )
-"""``--quick`` (the CI test): each code path of the kernels compiled once."""
+"""``--quick`` (the CI test): each code path of the kernels compiled once (the coefficient
+kernels for the gd variants only)."""
 
 
 def variants(quick: bool = False, head_dims: Iterable[int] = (64, 128), chunk: int = 64,
@@ -139,15 +142,20 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
     from triton.compiler import ASTSource
 
     fn = kern[name]
-    consts = {**ot._consts(var.chunk, var.rows, var.head_dim, var.momentum, var.l2,
-                           var.dtype != "float32"),
-              "BK": _block(ot, name, var.head_dim), "BV": bv}
+    if name in COEF:
+        consts = {"BL": ot._np2(var.chunk), "BN": ot._np2(var.rows)}
+    else:
+        consts = {**ot._consts(var.chunk, var.rows, var.head_dim, var.momentum, var.l2,
+                               var.dtype != "float32"),
+                  "BK": _block(ot, name, var.head_dim), "BV": bv}
+    consts = {k: v for k, v in consts.items() if k in fn.arg_names}
+    in_dtype = _IN_DTYPE_ARGS + (() if var.l2 else ("dv_ptr",))
     sig = {}
     for a in fn.arg_names:
         if a in consts:
             sig[a] = "constexpr"
         elif a.endswith("_ptr"):
-            sig[a] = "*" + (_TL[var.dtype] if a in _IN_DTYPE_ARGS else "fp32")
+            sig[a] = "*" + (_TL[var.dtype] if a in in_dtype and name not in COEF else "fp32")
         else:
             sig[a] = "i32"
     row = Row(name, var.dtype, "momentum" if var.momentum else "gd", var.head_dim, var.chunk,
@@ -192,7 +200,10 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
         try:
             for var in vars_:
                 for name in KERNELS:
-                    cfgs = ot.configs(name, var.head_dim, var.head_dim)
+                    if name in COEF and var.momentum:
+                        continue
+                    cfgs = ((0, 8),) if name in COEF else ot.configs(name, var.head_dim,
+                                                                        var.head_dim)
                     for bv, w in cfgs if all_configs else cfgs[:1]:
                         key = (name, replace(var, head_dim=_block(ot, name, var.head_dim)),
                                bv, w)
@@ -242,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
     ap.add_argument("--quick", action="store_true",
-                    help="three variants covering every code path, first configs only")
+                    help="four variants covering every code path, first configs only")
     ap.add_argument("--first-config", action="store_true",
                     help="only the fixed (AUTOTUNE off) config of each kernel")
     ap.add_argument("--head-dim", type=int, nargs="*", default=[64, 128])

@@ -169,7 +169,27 @@ def load_fla() -> tuple[Callable | None, str | None, str]:
                 "arguments dropped, as older Triton did)")
     except Exception as exc:  # noqa: BLE001 - any import failure means "no fla rows"
         return None, None, f"fla not importable ({type(exc).__name__}: {_first_line(exc)})"
-    return fn, version, f"fla {version} from {origin}{shim}"
+    return fn, version, f"fla {version} from {origin}{shim}{_lift_hopper_guard()}"
+
+
+def _lift_hopper_guard() -> str:
+    """fla 0.5.2 refuses the gated ``chunk_bwd_dqkwg`` (the backward of
+    ``chunk_gated_delta_rule``) on Hopper with Triton 3.4 to 3.7.0, whose compile of it gives
+    wrong dq/dk values (fla issue #640). The benchmark times the same kernels anyway (the
+    work and the memory traffic do not depend on the values) and says so; nothing in this
+    package uses fla's gradients. Returns the note, or '' when fla's guard does not apply."""
+    try:
+        from fla.ops.common import chunk_o
+    except Exception:  # noqa: BLE001 - another layout: nothing to lift
+        return ""
+    if not getattr(chunk_o, "IS_NVIDIA_HOPPER", False) or \
+            not getattr(chunk_o, "TRITON_ABOVE_3_4_0", False) or \
+            getattr(chunk_o, "TRITON_ABOVE_3_7_1", True):
+        return ""
+    chunk_o.TRITON_ABOVE_3_7_1 = True
+    return (" (its Hopper guard for Triton < 3.7.1 lifted to time the backward: fla #640, "
+            "its dq/dk values are wrong under this Triton, its timings are of the same "
+            "kernels)")
 
 
 def _import_fla() -> tuple[Callable, str | None, str]:
@@ -316,6 +336,20 @@ def _median_time(fn: Callable[[], Any], timer: Callable, settings: Settings) -> 
     if settings.repeats <= 1 or first > settings.long_s:
         return first
     return statistics.median([first] + [timer(fn) for _ in range(settings.repeats - 1)])
+
+
+def _refused(impl: Impl, d: int, device: str) -> str:
+    """Why ``backend='triton'`` refuses this cell on CUDA (``omega_triton.gpu_hazard``; it
+    would fall back to torch, which this benchmark counts as an error), or ''."""
+    if impl.name != "triton" or device != "cuda":
+        return ""
+    import triton
+
+    from ..ops import omega_triton
+
+    hz = omega_triton.gpu_hazard(d, d, impl.window or 1, torch.cuda.get_device_capability(),
+                                 str(triton.__version__))
+    return hz[1] if hz and hz[2] else ""
 
 
 def _triton_stats() -> dict[str, int] | None:
@@ -653,6 +687,11 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
         if deadline is not None and time.monotonic() > deadline:
             rows[key] = _row(impl, d, t, b, h, settings, None, None, "skipped",
                              f"time budget {settings.budget_s:g}s spent")
+            continue
+        refused = _refused(impl, d, settings.device)
+        if refused:
+            rows[key] = _row(impl, d, t, b, h, settings, None, None, "skipped",
+                             f"refused by omega_triton.gpu_hazard: {refused}")
             continue
         try:
             fwd, fwd_bwd, note = time_cell(impl, inputs((b, t, h, d)), settings, fla_fn)

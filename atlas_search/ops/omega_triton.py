@@ -14,7 +14,14 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
   (scalars) and ``c_end`` / ``cM_end``, ``cS_end`` ``[N]``, taken from the last *real*
   token of each chunk (padding with ``alpha = 1, eta = 0`` is not a no-op for momentum,
   ``M_t = alpha M + S_t``, so the partial last chunk is handled by this gather, not by the
-  padding). Gate gradients come from torch autograd through these constructions. The
+  padding). Gate gradients come from torch autograd through these constructions. For gd
+  (any ``c``) two Triton kernels do this instead (:class:`_GdCoeffs`: ``_coef_fwd`` builds
+  ``A``, ``C``, ``A_end``, ``c_end`` per chunk in registers, ``_coef_bwd`` maps their
+  gradients back to ``alpha``, ``eta`` and the window gammas exactly, with no division by a
+  gate): the torch passes over ``[B, H, NT, b, N]`` tensors and their autograd were most of
+  the torch-side traffic (:mod:`atlas_search.bench.torch_bytes`: at the benchmark's
+  D = 64, T = 2k, 32k tokens, the bytes read by torch ops per fwd+bwd fell from 7.1 GB to
+  1.7 GB at c = 1 and from 9.8 GB to 2.2 GB at c = 16). The
   window rows ``K_I, V_I`` of each chunk (``c - 1`` halo tokens before it, from the initial
   :class:`OmegaState` or zeros with ``gamma = 0``) are made with ``unfold``, so autograd
   sums the gradients of the overlapping halos.
@@ -100,7 +107,7 @@ Choices:
   needs every dimension >= 16 when compiled; masks for the padding, int64 offsets. ``BV``:
   16 under the interpreter (one fixed small config, also the Dk block of
   ``_omega_bwd_dqk`` there, so small test shapes cover several blocks); on CUDA each
-  kernel is autotuned over two or three ``(BV, num_warps)`` configs of :func:`configs`
+  kernel is autotuned over two ``(BV, num_warps)`` configs of :func:`configs`
   (key: ``b, N, Dk, Dv`` as far as the kernel has them; :data:`AUTOTUNE` off: the first
   one), chosen from ahead-of-time sm_90 compiles (``python -m
   atlas_search.bench.aot_check``) so that at the benchmark's shapes (bf16, b = 64,
@@ -118,7 +125,8 @@ Choices:
   batched torch path by design, no warning), an empty sequence (no warning), a continued
   :class:`OmegaState` whose position is not a multiple of ``b``, an unsupported size or
   dtype, Triton not importable, CPU tensors without ``TRITON_INTERPRET=1``, a Triton
-  imported in the other mode (see below), a compile/launch error. With
+  imported in the other mode (see below), a compile/launch error, a case
+  :func:`gpu_hazard` names (a measured CUDA fault or miscompile). With
   ``backend="triton"`` each reason warns once per process. ``"auto"`` uses Triton only for
   CUDA tensors in compiled mode (never the interpreter) and warns only for a
   compile/launch error (once; a real failure, not a choice). A failure of the backward
@@ -159,8 +167,8 @@ NAN_FILL = False
 AUTOTUNE = True
 """On CUDA, autotune each kernel over a few ``BV`` x ``num_warps`` configs (a compile per
 config and shape). ``False`` (or the environment variable ``ATLAS_TRITON_AUTOTUNE=0``)
-launches one fixed config, ``BV = min(32, next_pow2(Dv))`` and 4 warps: the tests and the
-kernel checks, which sweep many shapes, use it to keep compile time down."""
+launches the first config of :func:`configs`: the tests and the kernel checks, which sweep
+many shapes, use it to keep compile time down."""
 AUTO_DTYPES = (torch.bfloat16, torch.float16)
 """Input dtypes for which ``backend="auto"`` picks the kernels on CUDA. fp32 inputs stay on
 the torch backend (cuBLAS): fp32 runs ``tl.dot`` with ``input_precision="ieee"`` (no TF32,
@@ -319,6 +327,17 @@ def run(
         )
     if not explicit and mode == "interpret":
         return None  # auto never picks the (slow) interpreter
+    if mode == "compiled" and q.is_cuda:
+        hz = gpu_hazard(dk, v.shape[-1], c, torch.cuda.get_device_capability(q.device),
+                        str(getattr(_load_triton()[0], "__version__", "0")))
+        if hz is not None:
+            reason, msg, blocks_explicit = hz
+            if not explicit:
+                return None
+            if blocks_explicit:
+                return no(reason, msg)
+            _warn_once(reason, msg.replace("; runs the torch backend", "") + "; running the "
+                       "kernels anyway (backend='triton')")
     key = _case_key(q, v, b, c, optimizer, objective)
     if key in _BROKEN:
         return None  # failed before (and warned): do not recompile on every call
@@ -328,6 +347,48 @@ def run(
         _BROKEN.add(key)
         _warn_once("launch", f"kernel compile/launch failed ({exc.__cause__!r})")
         return None
+
+
+UNSAFE_ENV = "ATLAS_TRITON_UNSAFE"
+"""Set to 1 to run the kernels in the cases :func:`gpu_hazard` refuses (to reproduce them)."""
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for p in text.split("+")[0].split(".")[:3]:
+        digits = "".join(ch for ch in p if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def gpu_hazard(dk: int, dv: int, c: int, capability: tuple[int, int], triton_version: str
+               ) -> tuple[str, str, bool] | None:
+    """A case the compiled kernels are known to get wrong on this GPU and Triton, as
+    ``(reason, message, refused even for backend='triton')``, or None. Measured on an H100
+    (README, Performance):
+
+    * ``max(Dk, Dv) > 64`` with a window ``c > 1``: at ``Dk = Dv = 128, c = 16`` a fwd+bwd
+      faulted with an illegal address in some processes and not in others (Triton 3.6.0 and
+      3.7.1, first configs), while the same kernels' address arithmetic is in bounds under
+      the interpreter with the compiled block sizes. Refused for every backend (a fault
+      kills the CUDA context) unless ``ATLAS_TRITON_UNSAFE=1``.
+    * sm_90 with Triton 3.4.0 <= version < 3.7.1: that range miscompiles ``tl.trans`` of a
+      ``tl.dot`` result on Hopper (flash-linear-attention #640, which refuses it too); the
+      backward here uses that pattern, and with Triton 3.6.0 a 4-warp config of the output
+      kernel returned wrong outputs. ``backend='auto'`` runs torch; ``'triton'`` warns once
+      and runs (the first configs pass the kernel checks there).
+    """
+    if os.environ.get(UNSAFE_ENV, "0").strip().lower() in _TRUE:
+        return None
+    if max(dk, dv) > 64 and c > 1:
+        return ("wide-window",
+                f"Dk={dk}, Dv={dv} with window c={c} faults on CUDA (max(Dk, Dv) > 64 with "
+                f"c > 1; {UNSAFE_ENV}=1 runs it anyway); runs the torch backend", True)
+    if tuple(capability) == (9, 0) and (3, 4, 0) <= _version(triton_version) < (3, 7, 1):
+        return ("hopper-triton",
+                f"Triton {triton_version} on sm_90 is in the range that miscompiles tl.trans "
+                "of tl.dot results (3.4.0 to 3.7.0; fla #640); runs the torch backend", False)
+    return None
 
 
 def _case_key(q: Tensor, v: Tensor, b: int, c: int, optimizer: str, objective: str) -> tuple:
@@ -364,21 +425,25 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
     et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
 
-    wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
     th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b) if momentum else None
-    cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
-    # the last real token of every chunk
-    last = torch.full((nt,), b - 1, dtype=torch.long, device=q.device)
-    last[-1] = (t_len - 1) % b
-    li = last.view(1, 1, nt, 1).expand(bsz, nh, nt, 1)
-    lin = last.view(1, 1, nt, 1, 1).expand(bsz, nh, nt, 1, n)
+    if not momentum:  # the coefficients and their chunk ends in one kernel
+        cum_a, c_m, c_end, a_end = _GdCoeffs.apply(al, et, gw, (t_len - 1) % b)
+    else:
+        wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
+        cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
+        # the last real token of every chunk
+        last = torch.full((nt,), b - 1, dtype=torch.long, device=q.device)
+        last[-1] = (t_len - 1) % b
+        li = last.view(1, 1, nt, 1).expand(bsz, nh, nt, 1)
+        lin = last.view(1, 1, nt, 1, 1).expand(bsz, nh, nt, 1, n)
 
-    def end(x: Tensor) -> Tensor:
-        return x.gather(3, li).squeeze(3)
+        def end(x: Tensor) -> Tensor:
+            return x.gather(3, li).squeeze(3)
 
-    def end_row(x: Tensor) -> Tensor:
-        return x.gather(3, lin).squeeze(3)
+        def end_row(x: Tensor) -> Tensor:
+            return x.gather(3, lin).squeeze(3)
 
+        c_end, a_end = end_row(c_m), end(cum_a)
     if momentum:
         extra = (b_m, end(b_m), end(cum_th), end_row(c_s))
         s0 = st.momentum
@@ -394,10 +459,10 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
         cum_a,
         c_m,
         bm,
-        end(cum_a),
+        a_end,
         bm_end,
         th_end,
-        end_row(c_m),
+        c_end,
         cs_end,
         m0,
         s0,
@@ -427,6 +492,87 @@ def _flat(x: Tensor | None, dtype=None) -> Tensor | None:
         return None
     x = x.reshape(x.shape[0] * x.shape[1], *x.shape[2:])
     return (x if dtype is None else x.to(dtype)).contiguous()
+
+
+class _GdCoeffs(torch.autograd.Function):
+    """gd: the dual-form coefficients of :func:`omega_linear._dual_coeffs` and their
+    chunk-end values in one Triton kernel per direction (``_coef_fwd``, ``_coef_bwd``),
+    instead of torch passes over ``[.., b, N]`` tensors and their autograd. Inputs ``al, et
+    [B, H, NT, b]`` (retention and eta, padded), ``gw [B, H, NT, N]`` (gamma of each
+    chunk's ``N = b + c - 1`` window rows), ``last``: the index of the last real token of
+    the final chunk. Returns ``A [B, H, NT, b]`` (``cumprod(a)``), ``C [B, H, NT, b, N]``
+    (``Dec_a diag(eta) W``), ``C[last] [B, H, NT, N]`` and ``A[last] [B, H, NT]``, ``last
+    = b - 1`` except in the final chunk. Both directions are scans down the chunk's rows
+    (``_coef_rows``; the backward is their adjoint), with no matrix product and no division
+    by a gate: exact for tiny or zero gates, like the torch construction."""
+
+    @staticmethod
+    def forward(ctx, al, et, gw, last):
+        bsz, nh, nt, b = al.shape
+        n = gw.shape[-1]
+        a_f, e_f, g_f = _flat(al), _flat(et), _flat(gw)
+        cm = _empty((bsz * nh, nt, b, n), al.dtype, al.device)
+        cum = torch.empty_like(a_f)
+        ce = _empty((bsz * nh, nt, n), al.dtype, al.device)
+        ae = _empty((bsz * nh, nt), al.dtype, al.device)
+        try:
+            _call_plain(_kernels(), "coef_fwd", bsz * nh * nt,
+                        (a_f, e_f, g_f, cm, cum, ce, ae, nt, b, n, last),
+                        dict(BL=_np2(b), BN=_np2(n)))
+        except Exception as exc:
+            raise _KernelError(str(exc)) from exc
+        ctx.save_for_backward(a_f, e_f, g_f)
+        ctx.meta = (bsz, nh, last)
+        return (cum.view(bsz, nh, nt, b), cm.view(bsz, nh, nt, b, n),
+                ce.view(bsz, nh, nt, n), ae.view(bsz, nh, nt))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, dcum, dcm, dce, dae):
+        a_f, e_f, g_f = ctx.saved_tensors
+        bsz, nh, last = ctx.meta
+        bh, nt, b = a_f.shape
+        n = g_f.shape[-1]
+
+        def grad(g, shape):
+            return a_f.new_zeros(shape) if g is None else _flat(g, a_f.dtype)
+
+        dal, det, dgw = torch.empty_like(a_f), torch.empty_like(e_f), torch.empty_like(g_f)
+        args = (a_f, e_f, g_f, grad(dcm, (bh, nt, b, n)), grad(dcum, (bh, nt, b)),
+                grad(dce, (bh, nt, n)), grad(dae, (bh, nt)), dal, det, dgw, nt, b, n, last,
+                1, bh * nt)
+        try:
+            _call_plain(_kernels(), "coef_bwd", bh * nt, args,
+                        dict(BL=_np2(b), BN=_np2(n)))
+        except Exception as exc:  # a real failure: the same gradients by torch autograd
+            _warn_once("coef-backward", f"coefficient backward kernel failed ({exc!r}), "
+                       "gradients recomputed by torch autograd")
+            dal, det, dgw = _gd_coeffs_torch_grads(a_f, e_f, g_f, last,
+                                                   (dcum, dcm, dce, dae))
+        return (dal.view(bsz, nh, nt, b), det.view(bsz, nh, nt, b),
+                dgw.view(bsz, nh, nt, n), None)
+
+
+def _gd_coeffs_torch(al: Tensor, et: Tensor, gw: Tensor, last: int):
+    """:class:`_GdCoeffs` in torch (``[..., NT, b]`` gates, ``[..., NT, N]`` window gammas):
+    the reference of the kernels and the fallback of their backward."""
+    b, n = al.shape[-1], gw.shape[-1]
+    cum, cm = _dual_coeffs(al, et, None, _window_weights(gw, b, n - b), False)[:2]
+    idx = torch.full(al.shape[:-1], b - 1, dtype=torch.long, device=al.device)
+    idx[..., -1] = last
+    ce = cm.gather(-2, idx[..., None, None].expand(*cm.shape[:-2], 1, n)).squeeze(-2)
+    ae = cum.gather(-1, idx[..., None]).squeeze(-1)
+    return cum, cm, ce, ae
+
+
+def _gd_coeffs_torch_grads(a_f, e_f, g_f, last, cots):
+    leaves = [x.detach().requires_grad_() for x in (a_f, e_f, g_f)]
+    with torch.enable_grad():
+        outs = _gd_coeffs_torch(*leaves, last)
+        pairs = [(o, g) for o, g in zip(outs, cots, strict=True) if g is not None]
+        got = torch.autograd.grad([o for o, _ in pairs], leaves,
+                                  [g.reshape(o.shape) for o, g in pairs], allow_unused=True)
+    return [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, got, strict=True)]
 
 
 class _ChunkScan(torch.autograd.Function):
@@ -596,15 +742,17 @@ def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
     (a ``Dk`` block of at most 64) keeps three or four fp32 accumulators per row tile and
     runs 8 warps with a Dv loop block of 16 or 32 (64 needs more shared memory than sm_90
     has at ``c = 16``); the other parallel kernels are light (no spills at ``BV = 32``,
-    8 warps)."""
+    8 warps). No 4-warp configs: with Triton 3.6.0 on an H100 the output kernel at 4 warps
+    returned wrong outputs (``python -m atlas_search.bench.config_check`` runs every config
+    against the first)."""
     cap = _np2(dv)
     if name == "bwd_dqk":
         cands = [(16, 8), (32, 8)]
     elif name in ("states", "bwd_dh"):
         bv = 16 if _np2(dk) >= 128 else 32
-        cands = [(bv, 8), (2 * bv, 8), (bv, 4)]
+        cands = [(bv, 8), (2 * bv, 8)]
     else:
-        cands = [(32, 8), (32, 4), (64, 8)]
+        cands = [(32, 8), (64, 8)]
     out = []
     for bv, w in cands:
         c = (min(bv, cap), w)
@@ -633,6 +781,14 @@ def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts:
         return
     fn = kern["tuned"](name, cfgs)
     fn[lambda meta: grid(meta["BV"])](*args, **consts)
+
+
+def _call_plain(kern: dict, name: str, g0: int, args: tuple, consts: dict) -> None:
+    """Launch kernel ``name`` (no autotuning, no Dv blocks) on the grid ``(g0,)``."""
+    if kern["interpret"]:
+        kern[name][(g0,)](*args, **consts)
+    else:
+        kern[name][(g0,)](*args, num_warps=8, **consts)
 
 
 def _consts(b: int, n: int, dk: int, mom: bool, l2: bool, lowp: bool) -> dict:
@@ -752,8 +908,10 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
         _call(kern, "bwd_dh", bh, dk, dv, args, consts)
         del w, ws
 
-        # dV_I = -dE and (l2) E, per (chunk, column block)
-        dv_ = _empty((bh, nt, n, dv), cd, dev)
+        # dV_I = -dE and (l2) E, per (chunk, column block); dQ, dK_I and (dot) dV_I are
+        # stored in the inputs' dtype (no conversion pass; l2 reads dV_I = -dE back in
+        # _omega_bwd_dqk, so it stays in the computation dtype there)
+        dv_ = _empty((bh, nt, n, dv), cd if l2 else q.dtype, dev)
         e = _empty((bh, nt, n, dv), cd, dev) if l2 else dv_
         args = (k, v, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, b, n, dk, dv)
         _call(kern, "bwd_dv", nc, dk, dv, args, consts)
@@ -762,8 +920,8 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
         # dQ, dK_I whole; the Dk-summed gradients per Dk block (summed below)
         bk = _dqk_bk(dk, kern["interpret"])
         nk = triton.cdiv(dk, bk)
-        dq = _empty((bh, nt, b, dk), cd, dev)
-        dk_ = _empty((bh, nt, n, dk), cd, dev)
+        dq = _empty((bh, nt, b, dk), q.dtype, dev)
+        dk_ = _empty((bh, nt, n, dk), q.dtype, dev)
         da = _empty((nk, bh, nt, b), cd, dev)
         dc = _empty((nk, bh, nt, b, n), cd, dev)
         dae = _empty((nk, bh, nt), cd, dev)
@@ -841,7 +999,7 @@ def _kernels() -> dict:
     ``triton``/``tl`` and the ``@triton.jit`` helpers are bound as module globals so both
     the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
     global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
-    global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end
+    global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin, _coef_rows
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -868,8 +1026,8 @@ def _kernels() -> dict:
 
     @triton.jit
     def _rows_store(ptr, cj, N, r, mr, cols, mc, W, x):
-        tl.store(ptr + (cj * N + r[:, None]) * W + cols[None, :], x,
-                 mask=mr[:, None] & mc[None, :])
+        tl.store(ptr + (cj * N + r[:, None]) * W + cols[None, :],
+                 x.to(ptr.dtype.element_ty), mask=mr[:, None] & mc[None, :])
 
     @triton.jit
     def _kv_block(i_v, DK, DV, BK: tl.constexpr, BV: tl.constexpr):
@@ -1416,7 +1574,94 @@ def _kernels() -> dict:
         tl.store(da_ptr + pj * L + ol, tl.sum(qf * tq, axis=1), mask=ml)
         tl.store(dae_ptr + pj, tl.sum(dae))
 
+    @triton.jit
+    def _lin(g1, x1, g2, x2):
+        # combine of the first-order linear recurrence y_t = g_t y_{t-1} + x_t
+        return g1 * g2, g2 * x1 + x2
+
+    @triton.jit
+    def _coef_rows(al_ptr, et_ptr, cj, L, N, SHIFT: tl.constexpr, BL: tl.constexpr,
+                   BN: tl.constexpr):
+        # the gates a, eta of token t - SHIFT in row t (1 and 0 outside the chunk), and
+        # S[t, r] = a_t S[t-1, r] + eta_t [t <= r <= t + c - 1] over the window rows r
+        # (halo first; token t's own row is t + c - 1): S = Dec_a diag(eta) Band, by a scan
+        # down the rows (no division: exact for tiny or zero gates)
+        i = tl.arange(0, BL)
+        j = tl.arange(0, BN)
+        t = i - SHIFT
+        ok = (t >= 0) & (t < L)
+        a = tl.load(al_ptr + cj * L + t, mask=ok, other=1.0)
+        eta = tl.load(et_ptr + cj * L + t, mask=ok, other=0.0)
+        band = (j[None, :] >= t[:, None]) & (j[None, :] <= t[:, None] + N - L) & ok[:, None]
+        x = tl.where(band, eta[:, None], 0.0)
+        _, s = tl.associative_scan((a[:, None] + 0.0 * x, x), 0, _lin)
+        return a, band, s
+
+    @triton.jit
+    def _coef_fwd(al_ptr, et_ptr, gw_ptr, c_ptr, cum_ptr, ce_ptr, ae_ptr, NT, L, N, LAST,
+                  BL: tl.constexpr, BN: tl.constexpr):
+        # gd, one program per chunk: C = Dec_a diag(eta) W [L, N] with W[t, r] = gamma_r
+        # [r in window(t)] (c = 1: W = diag(gamma)), A = cumprod(a), and their values at
+        # the chunk's last real token (ce = C[last, :], ae = A[last])
+        cj = tl.program_id(0).to(tl.int64)
+        last = tl.where(cj % NT == NT - 1, LAST, L - 1)
+        i = tl.arange(0, BL)
+        j = tl.arange(0, BN)
+        mi = i < L
+        mj = j < N
+        a, _, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
+        gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
+        cm = sm * gam[None, :]
+        tl.store(c_ptr + (cj * L + i[:, None]) * N + j[None, :], cm,
+                 mask=mi[:, None] & mj[None, :])
+        cum = tl.cumprod(a, axis=0)
+        tl.store(cum_ptr + cj * L + i, cum, mask=mi)
+        tl.store(ce_ptr + cj * N + j, tl.sum(tl.where(i[:, None] == last, cm, 0.0), axis=0),
+                 mask=mj)
+        tl.store(ae_ptr + cj, tl.sum(tl.where(i == last, cum, 0.0)))
+
+    @triton.jit
+    def _coef_bwd(al_ptr, et_ptr, gw_ptr, dc_ptr, dcum_ptr, dce_ptr, dae_ptr, dal_ptr,
+                  det_ptr, dgw_ptr, NT, L, N, LAST, NK, NC, BL: tl.constexpr,
+                  BN: tl.constexpr):
+        # the adjoint of _coef_fwd's scans, back to a, eta and the window gammas without
+        # division by a gate. With dC (+ dce on row last), dA (+ dae at last) and
+        # dS = dC diag(gamma): d(gamma)_r = sum_t dC[t, r] S[t, r]; the reverse scans
+        # lam_t = dS_t + a_{t+1} lam_{t+1} and mu_t = dA_t + a_{t+1} mu_{t+1} give
+        # d(eta)_t = sum_r lam[t, r] Band[t, r] and
+        # d(a)_t = sum_r lam[t, r] S[t-1, r] + mu_t A_{t-1} (S[t-1], A_{t-1}: the scans of
+        # the gates shifted by one token).
+        cj = tl.program_id(0).to(tl.int64)
+        last = tl.where(cj % NT == NT - 1, LAST, L - 1)
+        i = tl.arange(0, BL)
+        j = tl.arange(0, BN)
+        mi = i < L
+        mj = j < N
+        m2 = mi[:, None] & mj[None, :]
+        a, band, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
+        ap, _, sp = _coef_rows(al_ptr, et_ptr, cj, L, N, 1, BL, BN)
+        cd = sm.dtype
+        an = tl.load(al_ptr + cj * L + i + 1, mask=i + 1 < L, other=0.0).to(cd)  # a_{t+1}
+        gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
+        off = (cj * L + i[:, None]) * N + j[None, :]
+        dcm = tl.zeros([BL, BN], dtype=cd)
+        for kb in range(NK):
+            dcm += tl.load(dc_ptr + kb * NC * L * N + off, mask=m2, other=0.0).to(cd)
+        dce = tl.load(dce_ptr + cj * N + j, mask=mj, other=0.0).to(cd)
+        dcm += tl.where((i[:, None] == last) & m2, dce[None, :], 0.0)
+        tl.store(dgw_ptr + cj * N + j, tl.sum(dcm * sm, axis=0), mask=mj)
+        ds = dcm * gam[None, :]
+        _, lam = tl.associative_scan((an[:, None] + 0.0 * ds, ds), 0, _lin, reverse=True)
+        tl.store(det_ptr + cj * L + i, tl.sum(tl.where(band, lam, 0.0), axis=1), mask=mi)
+        dcum = tl.load(dcum_ptr + cj * L + i, mask=mi, other=0.0).to(cd)
+        dcum += tl.where(i == last, tl.load(dae_ptr + cj).to(cd), 0.0)
+        _, mu = tl.associative_scan((an, dcum), 0, _lin, reverse=True)
+        tl.store(dal_ptr + cj * L + i, tl.sum(lam * sp, axis=1) + mu * tl.cumprod(ap, axis=0),
+                 mask=mi)
+
     fns = {
+        "coef_fwd": _coef_fwd,
+        "coef_bwd": _coef_bwd,
         "states": _omega_states,
         "out": _omega_out,
         "bwd_local": _omega_bwd_local,

@@ -1,0 +1,185 @@
+"""Every autotune config of every Triton kernel, each in its own process, against the first.
+
+The kernel checks and the GPU tests run the first config of :func:`omega_triton.configs`
+(autotuning off); autotuning on CUDA launches the others. This check runs, for each shape
+and each ``(kernel, config)`` beyond the first, one fwd+bwd of ``omega_linear(backend=
+"triton")`` with that config for that kernel alone (the first config for the rest) and
+compares the output and every input gradient with the all-first-config run of the same
+process: relative RMS error at most ``TOL`` (bf16 accumulation order) and no NaN. Each job
+is a child process, so a kernel fault (an illegal address) is one failing row and not a
+lost CUDA context.
+
+Shapes that :func:`omega_triton.gpu_hazard` refuses for every backend are left out
+(:func:`sanitize` runs one of them under compute-sanitizer instead).
+
+``python -m atlas_search.bench.config_check [--json F] [--procs N] [--shape B,T,H,D,c]``
+(CUDA only). Imports
+only the standard library, torch and :mod:`atlas_search.bench` / ``.ops``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk")
+TOL = 2e-2
+SHAPES = (  # (B, T, H, D, c): small, then the benchmark's T = 4096 cells
+    (1, 512, 2, 64, 16), (1, 512, 2, 128, 16),
+    (8, 4096, 32, 64, 1), (8, 4096, 32, 64, 16), (8, 4096, 16, 128, 1),
+    (8, 4096, 16, 128, 16),
+)
+
+
+def _fwd_bwd(b: int, t: int, h: int, d: int, c: int) -> list:
+    import torch
+
+    from . import kernels_speed as ks
+
+    x = ks.make_inputs(b, t, h, d, torch.bfloat16, "cuda")
+    settings = ks.Settings(device="cuda", dtype="bfloat16")
+    o = ks._call(ks.Impl("triton", c), x, settings, None)()
+    o.backward(x.do)
+    torch.cuda.synchronize()
+    return [o.detach().float().cpu()] + [y.grad.float().cpu() for y in x.leaves()[:5]]
+
+
+def run_job(shape: list, kernel: str, index: int) -> dict:
+    """Child body: the first-config run, then ``kernel`` at config ``index``."""
+    from ..ops import omega_triton as ot
+    from .kernel_check import rel_err
+
+    ot.AUTOTUNE = False
+    before = ot.stats["forward"], ot.stats["backward"]
+    base = _fwd_bwd(*shape)
+    original = ot.configs
+
+    def configs(name: str, dk: int, dv: int):
+        cfgs = original(name, dk, dv)
+        return (cfgs[index],) if name == kernel else cfgs
+
+    ot.configs = configs
+    cfg = original(kernel, shape[3], shape[3])[index]
+    got = _fwd_bwd(*shape)
+    ran = (ot.stats["forward"] - before[0], ot.stats["backward"] - before[1]) == (2, 2)
+    names = ["o", "d_q", "d_k", "d_v", "d_alpha", "d_eta"]
+    errs = {n: rel_err(a, g) for n, a, g in zip(names, base, got, strict=True)}
+    return {"config": list(cfg), "ran_triton": ran, "errors": errs,
+            "ok": ran and all(e == e and e <= TOL for e in errs.values())}
+
+
+def jobs(shapes=SHAPES) -> list[tuple[list, str, int]]:
+    from ..ops import omega_triton as ot
+
+    out = []
+    for shape in shapes:
+        d = shape[3]
+        hz = ot.gpu_hazard(d, d, shape[4], (0, 0), "0")
+        if hz and hz[2]:
+            continue  # refused on CUDA (sanitize() probes it)
+        for k in KERNELS:
+            out += [(list(shape), k, i) for i in range(1, len(ot.configs(k, d, d)))]
+    return out
+
+
+def _launch(job: tuple[list, str, int], timeout: float, deadline: float | None = None
+            ) -> dict:
+    shape, kernel, index = job
+    if deadline is not None and time.monotonic() > deadline - 5.0:
+        return {"shape": shape, "kernel": kernel, "index": index, "ok": None,
+                "error": "not run: time budget spent", "seconds": 0.0}
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    code = ("import json, sys; from atlas_search.bench.config_check import run_job; "
+            "print('@@' + json.dumps(run_job(*json.loads(sys.argv[1]))))")
+    t0 = time.monotonic()
+    row = {"shape": shape, "kernel": kernel, "index": index}
+    try:
+        p = subprocess.run([sys.executable, "-c", code, json.dumps(list(job))], env=env,
+                           capture_output=True, text=True, timeout=timeout)
+        res = [ln for ln in p.stdout.splitlines() if ln.startswith("@@")]
+        if p.returncode == 0 and res:
+            row.update(json.loads(res[-1][2:]))
+        else:
+            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-2:]
+            row.update(ok=False, error=f"exit {p.returncode}: " + " | ".join(tail)[-300:])
+    except subprocess.TimeoutExpired:
+        row.update(ok=False, error=f"timed out after {timeout:.0f}s")
+    row["seconds"] = round(time.monotonic() - t0, 1)
+    return row
+
+
+def run_config_checks(procs: int = 8, timeout: float = 120.0, shapes=SHAPES,
+                      deadline: float | None = None) -> list[dict]:
+    """One row per job (``ok`` None: not run before ``deadline``, a ``time.monotonic()``)."""
+    with ThreadPoolExecutor(max_workers=procs) as pool:
+        return list(pool.map(lambda j: _launch(j, timeout, deadline), jobs(shapes)))
+
+
+def sanitize(shape: tuple[int, int, int, int, int], timeout: float) -> dict:
+    """One fwd+bwd of ``shape`` (``B, T, H, D, c``) under ``compute-sanitizer --tool
+    memcheck`` with ``ATLAS_TRITON_UNSAFE=1`` (a case :func:`omega_triton.gpu_hazard`
+    refuses): ``{"status": clean|errors|timeout|unavailable, "lines"}``, the lines naming
+    the kernel and the access of each error."""
+    import shutil
+
+    tool = shutil.which("compute-sanitizer")
+    if tool is None:
+        return {"status": "unavailable", "lines": ["compute-sanitizer is not on PATH"]}
+    env = dict(os.environ, ATLAS_TRITON_UNSAFE="1", ATLAS_TRITON_AUTOTUNE="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + (
+        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    code = ("import sys; from atlas_search.bench.config_check import _fwd_bwd; "
+            "_fwd_bwd(*map(int, sys.argv[1:]))")
+    cmd = [tool, "--tool", "memcheck", "--print-limit", "6", "--error-exitcode", "9",
+           sys.executable, "-c", code, *map(str, shape)]
+    try:
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"status": "timeout", "lines": [f"timed out after {timeout:.0f}s"]}
+    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    keep = [ln for ln in lines if ln.startswith("=========") or "Error" in ln][:40]
+    return {"status": "clean" if p.returncode == 0 else "errors", "lines": keep or lines[-20:]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m atlas_search.bench.config_check",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--procs", type=int, default=8)
+    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--shape", action="append", default=None, metavar="B,T,H,D,c",
+                    help="only this shape (repeatable; default: SHAPES)")
+    args = ap.parse_args(argv)
+    import torch
+
+    if not torch.cuda.is_available():
+        print("config_check: needs a CUDA device", file=sys.stderr)
+        return 2
+    shapes = [tuple(int(v) for v in s.split(",")) for s in args.shape] if args.shape \
+        else SHAPES
+    rows = run_config_checks(args.procs, args.timeout, shapes)
+    for r in rows:
+        b, t, h, d, c = r["shape"]
+        what = (r.get("error") or " ".join(f"{k} {v:.1e}" for k, v in r["errors"].items()))
+        flag = {True: "ok  ", False: "FAIL", None: "skip"}[r["ok"]]
+        print(f"{flag} B={b} T={t} H={h} D={d} c={c} "
+              f"{r['kernel']:9s} #{r['index']} {r.get('config', '')}  {what}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1))
+    bad = [r for r in rows if r["ok"] is False]
+    print(f"config check: {sum(r['ok'] is True for r in rows)}/{len(rows)} ok, {len(bad)} "
+          "failed", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
