@@ -1000,6 +1000,7 @@ def _kernels() -> dict:
     the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
     global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
     global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin, _coef_rows
+    global _coef_index
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -1598,17 +1599,22 @@ def _kernels() -> dict:
         return a, band, s
 
     @triton.jit
+    def _coef_index(NT, L, N, LAST, BL: tl.constexpr, BN: tl.constexpr):
+        # this program's chunk, the index of its last real token, its token rows i and
+        # window columns j with their masks
+        cj = tl.program_id(0).to(tl.int64)
+        last = tl.where(cj % NT == NT - 1, LAST, L - 1)
+        i = tl.arange(0, BL)
+        j = tl.arange(0, BN)
+        return cj, last, i, j, i < L, j < N
+
+    @triton.jit
     def _coef_fwd(al_ptr, et_ptr, gw_ptr, c_ptr, cum_ptr, ce_ptr, ae_ptr, NT, L, N, LAST,
                   BL: tl.constexpr, BN: tl.constexpr):
         # gd, one program per chunk: C = Dec_a diag(eta) W [L, N] with W[t, r] = gamma_r
         # [r in window(t)] (c = 1: W = diag(gamma)), A = cumprod(a), and their values at
         # the chunk's last real token (ce = C[last, :], ae = A[last])
-        cj = tl.program_id(0).to(tl.int64)
-        last = tl.where(cj % NT == NT - 1, LAST, L - 1)
-        i = tl.arange(0, BL)
-        j = tl.arange(0, BN)
-        mi = i < L
-        mj = j < N
+        cj, last, i, j, mi, mj = _coef_index(NT, L, N, LAST, BL, BN)
         a, _, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
         gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
         cm = sm * gam[None, :]
@@ -1631,12 +1637,7 @@ def _kernels() -> dict:
         # d(eta)_t = sum_r lam[t, r] Band[t, r] and
         # d(a)_t = sum_r lam[t, r] S[t-1, r] + mu_t A_{t-1} (S[t-1], A_{t-1}: the scans of
         # the gates shifted by one token).
-        cj = tl.program_id(0).to(tl.int64)
-        last = tl.where(cj % NT == NT - 1, LAST, L - 1)
-        i = tl.arange(0, BL)
-        j = tl.arange(0, BN)
-        mi = i < L
-        mj = j < N
+        cj, last, i, j, mi, mj = _coef_index(NT, L, N, LAST, BL, BN)
         m2 = mi[:, None] & mj[None, :]
         a, band, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
         ap, _, sp = _coef_rows(al_ptr, et_ptr, cj, L, N, 1, BL, BN)
