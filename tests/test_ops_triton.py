@@ -48,7 +48,9 @@ def _nan_buffers_and_fresh_warnings(monkeypatch):
     every test sees the fallback warnings (and the failed-compile memory) afresh."""
     monkeypatch.setattr(omega_triton, "NAN_FILL", True)
     monkeypatch.setattr(omega_triton, "AUTOTUNE", False)  # on CUDA: one compile per shape
-    monkeypatch.setattr(omega_triton, "_WARNED", set())
+    # (the once-per-process note that backend="triton" runs in fla #640's Triton range on
+    # Hopper counts as given: these tests check the kernels there, with warnings as errors)
+    monkeypatch.setattr(omega_triton, "_WARNED", {"hopper-triton"})
     monkeypatch.setattr(omega_triton, "_BROKEN", set())
 
 
