@@ -507,15 +507,15 @@ def test_bench_groups_run_in_own_processes_and_a_lost_group_is_error_rows(monkey
                                    windows=(1, 4), budget_s=200.0)
     assert gc.bench_groups(settings) == [("triton", (1,)), ("fla", None), ("triton", (4,)),
                                          ("sdpa", None), ("torch", (1,)), ("torch", (4,))]
-    real = gc._run_streaming
+    real = gc.run_child
 
-    def run(cmd, timeout, env):
+    def run(cmd, timeout, env=None, capture=True, cwd=gc.PACKAGE_ROOT):
         spec = json.loads(Path(cmd[-2]).read_text())
         if spec["impls"] == ["torch"] and spec["windows"] == [4]:
-            return None
-        return real(cmd, timeout, env)
+            return None, ""
+        return real(cmd, timeout, env, capture, cwd)
 
-    monkeypatch.setattr(gc, "_run_streaming", run)
+    monkeypatch.setattr(gc, "run_child", run)
     res = gc.run_bench_isolated(settings, FakeFla(), time.monotonic())
     got = {r["label"]: (r["status"], r["note"]) for r in res["rows"]}
     assert list(got) == ["torch c=1", "torch c=4"]

@@ -10,6 +10,10 @@
   (registers, spills, shared memory per config; ``python -m atlas_search.bench.aot_check``).
 * :mod:`.gpu_check`: kernel checks, GPU tests and the kernel benchmark in one command
   (``PYTHONPATH=. python -m atlas_search.bench.gpu_check --out DIR``; no pydantic needed).
+* :mod:`.config_check`, :mod:`.prewarm`, :mod:`.children`: the GPU check's per-config
+  checks and compute-sanitizer probe, its parallel compiles, its child processes.
+* :mod:`.torch_bytes`: the bytes torch ops move around the Triton kernels (CPU, no GPU).
+* :mod:`.pack_triton`: a Triton wheel packed small enough to carry to a GPU machine.
 
 Run as ``python -m atlas_search.bench.capacity`` / ``python -m atlas_search.bench.ops_speed``.
 """

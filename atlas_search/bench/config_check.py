@@ -21,14 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+from .children import child_env, run_child
+
 KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk")
 TOL = 2e-2
 SHAPES = (  # (B, T, H, D, c): small, then the benchmark's T = 4096 cells
@@ -95,24 +94,19 @@ def _launch(job: tuple[list, str, int], timeout: float, deadline: float | None =
     if deadline is not None and time.monotonic() > deadline - 5.0:
         return {"shape": shape, "kernel": kernel, "index": index, "ok": None,
                 "error": "not run: time budget spent", "seconds": 0.0}
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     code = ("import json, sys; from atlas_search.bench.config_check import run_job; "
             "print('@@' + json.dumps(run_job(*json.loads(sys.argv[1]))))")
     t0 = time.monotonic()
     row = {"shape": shape, "kernel": kernel, "index": index}
-    try:
-        p = subprocess.run([sys.executable, "-c", code, json.dumps(list(job))], env=env,
-                           capture_output=True, text=True, timeout=timeout)
-        res = [ln for ln in p.stdout.splitlines() if ln.startswith("@@")]
-        if p.returncode == 0 and res:
-            row.update(json.loads(res[-1][2:]))
-        else:
-            tail = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()][-2:]
-            row.update(ok=False, error=f"exit {p.returncode}: " + " | ".join(tail)[-300:])
-    except subprocess.TimeoutExpired:
+    rc, output = run_child([sys.executable, "-c", code, json.dumps(list(job))], timeout)
+    res = [ln for ln in output.splitlines() if ln.startswith("@@")]
+    if rc == 0 and res:
+        row.update(json.loads(res[-1][2:]))
+    elif rc is None:
         row.update(ok=False, error=f"timed out after {timeout:.0f}s")
+    else:
+        tail = [ln for ln in output.splitlines() if ln.strip()][-2:]
+        row.update(ok=False, error=f"exit {rc}: " + " | ".join(tail)[-300:])
     row["seconds"] = round(time.monotonic() - t0, 1)
     return row
 
@@ -134,20 +128,17 @@ def sanitize(shape: tuple[int, int, int, int, int], timeout: float) -> dict:
     tool = shutil.which("compute-sanitizer")
     if tool is None:
         return {"status": "unavailable", "lines": ["compute-sanitizer is not on PATH"]}
-    env = dict(os.environ, ATLAS_TRITON_UNSAFE="1", ATLAS_TRITON_AUTOTUNE="0")
-    env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_ROOT)] + (
-        [env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = child_env(ATLAS_TRITON_UNSAFE="1", ATLAS_TRITON_AUTOTUNE="0")
     code = ("import sys; from atlas_search.bench.config_check import _fwd_bwd; "
             "_fwd_bwd(*map(int, sys.argv[1:]))")
     cmd = [tool, "--tool", "memcheck", "--print-limit", "6", "--error-exitcode", "9",
            sys.executable, "-c", code, *map(str, shape)]
-    try:
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
+    rc, output = run_child(cmd, timeout, env)
+    if rc is None:
         return {"status": "timeout", "lines": [f"timed out after {timeout:.0f}s"]}
-    lines = [ln for ln in (p.stdout + p.stderr).splitlines() if ln.strip()]
+    lines = [ln for ln in output.splitlines() if ln.strip()]
     keep = [ln for ln in lines if ln.startswith("=========") or "Error" in ln][:40]
-    return {"status": "clean" if p.returncode == 0 else "errors", "lines": keep or lines[-20:]}
+    return {"status": "clean" if rc == 0 else "errors", "lines": keep or lines[-20:]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -50,8 +50,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -61,7 +59,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]  # the checkout (or site-packages)
+from .children import PACKAGE_ROOT, child_env, run_child
+
 FLA_PINS = "fla-core==0.5.2 flash-linear-attention==0.5.2"
 TOTAL_BUDGET_S = 450.0  # under 8 minutes with start-up and writing
 SANITIZE_SHAPE = (1, 256, 2, 128, 16)  # B, T, H, D, c: the faulting D = 128, c = 16 case
@@ -176,31 +175,6 @@ def prepare_fla(dirs: Sequence[Path] | None = None, allow_installed: bool = True
 # ---------------------------------------------------------------- kernel checks, pytest
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [str(PACKAGE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
-    return env
-
-
-def _run(cmd: list[str], timeout: float, cwd: Path) -> tuple[int | None, str]:
-    """Run ``cmd`` in its own process group with ``PYTHONPATH`` set to the checkout;
-    ``(returncode or None on timeout, stdout + stderr)``. On timeout the whole group is
-    killed (pytest's own subprocesses included)."""
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=_child_env(), cwd=str(cwd), start_new_session=True)
-    try:
-        output, _ = proc.communicate(timeout=timeout)
-        return proc.returncode, output
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        output, _ = proc.communicate()
-        return None, output
-
-
 def _kernel_check_child(out_file: str, quick: bool) -> None:
     """Subprocess body: run the CUDA kernel checks and write their rows as JSON."""
     import torch
@@ -220,7 +194,7 @@ def run_kernel_checks_subprocess(quick: bool, timeout: float) -> dict:
         code = ("import sys; from atlas_search.bench.gpu_check import _kernel_check_child as f; "
                 "f(sys.argv[1], sys.argv[2] == '1')")
         cmd = [sys.executable, "-c", code, str(out_file), "1" if quick else "0"]
-        rc, output = _run(cmd, timeout, PACKAGE_ROOT)
+        rc, output = run_child(cmd, timeout)
         secs = time.monotonic() - t0
         if rc is None:
             return {"status": "timeout", "rows": [], "summary": [], "seconds": secs,
@@ -265,21 +239,6 @@ def _bench_child(settings_file: str, out_file: str) -> None:
     Path(out_file).write_text(json.dumps(ks.jsonable(ks.run_bench(settings))))
 
 
-def _run_streaming(cmd: list[str], timeout: float, env: dict) -> int | None:
-    """Run ``cmd`` with its output on ours; the return code, None after a timeout (its
-    process group killed)."""
-    proc = subprocess.Popen(cmd, env=env, cwd=str(PACKAGE_ROOT), start_new_session=True)
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        proc.wait()
-        return None
-
-
 def run_bench_isolated(settings, fla, t0: float) -> dict:
     """The benchmark with each implementation group of :func:`bench_groups` in its own
     process, one after the other (never two on the GPU at once), sharing what is left of
@@ -289,9 +248,7 @@ def run_bench_isolated(settings, fla, t0: float) -> dict:
 
     start = time.monotonic()
     groups = bench_groups(settings)
-    env = _child_env()
-    if fla.available and fla.path:
-        env["PYTHONPATH"] = os.pathsep.join([fla.path, env["PYTHONPATH"]])
+    env = child_env([fla.path] if fla.available and fla.path else [])
     rows: list[dict] = []
     merged: dict = {"profile": [], "skipped": [], "footnotes": [], "impls": []}
     environment = None
@@ -307,8 +264,8 @@ def run_bench_isolated(settings, fla, t0: float) -> dict:
             sfile.write_text(json.dumps(ks.jsonable(asdict(sub))))
             code = ("import sys; from atlas_search.bench.gpu_check import _bench_child as f; "
                     "f(sys.argv[1], sys.argv[2])")
-            rc = _run_streaming([sys.executable, "-c", code, str(sfile), str(ofile)],
-                                share + 60.0, env)
+            rc, _ = run_child([sys.executable, "-c", code, str(sfile), str(ofile)],
+                              share + 60.0, env, capture=False)
             if rc == 0 and ofile.exists():
                 res = json.loads(ofile.read_text())
                 environment = environment or res.get("environment")
@@ -370,7 +327,7 @@ def run_pytest(repo: Path, timeout: float, out_file: Path | None, run_all: bool 
         cmd += ["-k", PYTEST_DESELECT]
     if workers > 0:
         cmd += ["-n", str(workers)]
-    rc, output = _run(cmd, timeout, repo)
+    rc, output = run_child(cmd, timeout, cwd=repo)
     command = " ".join(cmd[1:])
     secs = time.monotonic() - t0
     if out_file is not None:

@@ -19,16 +19,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
-PACKAGE_ROOT = Path(__file__).resolve().parents[2]
+from .children import child_env, run_child
 
 
 @contextlib.contextmanager
@@ -111,19 +108,13 @@ def run_job(job: Job) -> None:
 
 
 def _launch(job: Job, timeout: float, extra_path: Sequence[str]) -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(
-        [*extra_path, str(PACKAGE_ROOT)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
     code = ("import json, sys; from atlas_search.bench.prewarm import Job, run_job; "
             "run_job(Job(**json.loads(sys.argv[1])))")
     t0 = time.monotonic()
-    try:
-        proc = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(job))],
-                              capture_output=True, text=True, timeout=timeout, env=env,
-                              cwd=str(PACKAGE_ROOT))
-        ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr).strip().splitlines()[-3:]
-    except subprocess.TimeoutExpired:
-        ok, tail = False, [f"timed out after {timeout:.0f}s"]
+    rc, output = run_child([sys.executable, "-c", code, json.dumps(asdict(job))], timeout,
+                           child_env(extra_path))
+    ok = rc == 0
+    tail = [f"timed out after {timeout:.0f}s"] if rc is None else output.strip().splitlines()[-3:]
     label = job.impl if job.window is None else f"{job.impl} c={job.window}"
     return {"label": label, "head_dim": job.d, "shard": f"{job.index + 1}/{job.count}",
             "ok": ok, "seconds": round(time.monotonic() - t0, 2),

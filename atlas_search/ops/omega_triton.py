@@ -316,7 +316,7 @@ def run(
             "before triton is first imported)",
         )
     try:
-        _, mode = _load_triton()
+        trt, mode = _load_triton()
     except Exception as exc:  # ImportError, or a broken install
         return no("import", f"triton is not importable ({exc!r})")
     if (mode == "interpret") != env:
@@ -329,7 +329,7 @@ def run(
         return None  # auto never picks the (slow) interpreter
     if mode == "compiled" and q.is_cuda:
         hz = gpu_hazard(dk, v.shape[-1], c, torch.cuda.get_device_capability(q.device),
-                        str(getattr(_load_triton()[0], "__version__", "0")))
+                        str(getattr(trt, "__version__", "0")))
         if hz is not None:
             reason, msg, blocks_explicit = hz
             if not explicit:
@@ -539,8 +539,7 @@ class _GdCoeffs(torch.autograd.Function):
 
         dal, det, dgw = torch.empty_like(a_f), torch.empty_like(e_f), torch.empty_like(g_f)
         args = (a_f, e_f, g_f, grad(dcm, (bh, nt, b, n)), grad(dcum, (bh, nt, b)),
-                grad(dce, (bh, nt, n)), grad(dae, (bh, nt)), dal, det, dgw, nt, b, n, last,
-                1, bh * nt)
+                grad(dce, (bh, nt, n)), grad(dae, (bh, nt)), dal, det, dgw, nt, b, n, last)
         try:
             _call_plain(_kernels(), "coef_bwd", bh * nt, args,
                         dict(BL=_np2(b), BN=_np2(n)))
@@ -1000,7 +999,7 @@ def _kernels() -> dict:
     the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
     global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
     global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin, _coef_rows
-    global _coef_index
+    global _coef_index, _state_pair
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -1039,6 +1038,15 @@ def _kernels() -> dict:
         mk = ok < DK
         mv = ov < DV
         return ok, mk, ov, mv, mk[:, None] & mv[None, :], ok[:, None] * DV + ov[None, :]
+
+    @triton.jit
+    def _state_pair(p_ptr, s_ptr, off, mask, cd: tl.constexpr, MOMENTUM: tl.constexpr):
+        # a [Dk, Dv] state block and, for momentum, its S twin (else the same block again)
+        x = tl.load(p_ptr + off, mask=mask, other=0.0).to(cd)
+        y = x
+        if MOMENTUM:
+            y = tl.load(s_ptr + off, mask=mask, other=0.0).to(cd)
+        return x, y
 
     @triton.jit
     def _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, R0, NR, m, ok, mk, ov, mv,
@@ -1098,10 +1106,7 @@ def _kernels() -> dict:
         cd = m0_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         st_off = i_bh * DK * DV + kv_off
-        m = tl.load(m0_ptr + st_off, mask=mkv, other=0.0).to(cd)
-        s = m
-        if MOMENTUM:
-            s = tl.load(s0_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        m, s = _state_pair(m0_ptr, s0_ptr, st_off, mkv, cd, MOMENTUM)
         for j in range(NT):
             cj = i_bh * NT + j
             tl.store(ms_ptr + cj * DK * DV + kv_off, m, mask=mkv)
@@ -1317,10 +1322,7 @@ def _kernels() -> dict:
         cd = dmf_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         st_off = i_bh * DK * DV + kv_off
-        dm = tl.load(dmf_ptr + st_off, mask=mkv, other=0.0).to(cd)
-        ds = dm
-        if MOMENTUM:
-            ds = tl.load(dsf_ptr + st_off, mask=mkv, other=0.0).to(cd)
+        dm, ds = _state_pair(dmf_ptr, dsf_ptr, st_off, mkv, cd, MOMENTUM)
         for jj in range(NT):
             j = NT - 1 - jj
             cj = i_bh * NT + j
@@ -1395,10 +1397,7 @@ def _kernels() -> dict:
         cd = ms_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         cs_off = cj * DK * DV + kv_off
-        dm = tl.load(dme_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        ds = dm
-        if MOMENTUM:
-            ds = tl.load(dse_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+        dm, ds = _state_pair(dme_ptr, dse_ptr, cs_off, mkv, cd, MOMENTUM)
         ms = dm
         if L2:
             ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
@@ -1618,8 +1617,7 @@ def _kernels() -> dict:
         a, _, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
         gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
         cm = sm * gam[None, :]
-        tl.store(c_ptr + (cj * L + i[:, None]) * N + j[None, :], cm,
-                 mask=mi[:, None] & mj[None, :])
+        _rows_store(c_ptr, cj, L, i, mi, j, mj, N, cm)
         cum = tl.cumprod(a, axis=0)
         tl.store(cum_ptr + cj * L + i, cum, mask=mi)
         tl.store(ce_ptr + cj * N + j, tl.sum(tl.where(i[:, None] == last, cm, 0.0), axis=0),
@@ -1628,7 +1626,7 @@ def _kernels() -> dict:
 
     @triton.jit
     def _coef_bwd(al_ptr, et_ptr, gw_ptr, dc_ptr, dcum_ptr, dce_ptr, dae_ptr, dal_ptr,
-                  det_ptr, dgw_ptr, NT, L, N, LAST, NK, NC, BL: tl.constexpr,
+                  det_ptr, dgw_ptr, NT, L, N, LAST, BL: tl.constexpr,
                   BN: tl.constexpr):
         # the adjoint of _coef_fwd's scans, back to a, eta and the window gammas without
         # division by a gate. With dC (+ dce on row last), dA (+ dae at last) and
@@ -1644,10 +1642,7 @@ def _kernels() -> dict:
         cd = sm.dtype
         an = tl.load(al_ptr + cj * L + i + 1, mask=i + 1 < L, other=0.0).to(cd)  # a_{t+1}
         gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
-        off = (cj * L + i[:, None]) * N + j[None, :]
-        dcm = tl.zeros([BL, BN], dtype=cd)
-        for kb in range(NK):
-            dcm += tl.load(dc_ptr + kb * NC * L * N + off, mask=m2, other=0.0).to(cd)
+        dcm = _rows_load(dc_ptr, cj, L, i, mi, j, mj, N).to(cd)
         dce = tl.load(dce_ptr + cj * N + j, mask=mj, other=0.0).to(cd)
         dcm += tl.where((i[:, None] == last) & m2, dce[None, :], 0.0)
         tl.store(dgw_ptr + cj * N + j, tl.sum(dcm * sm, axis=0), mask=mj)
