@@ -149,7 +149,10 @@ def test_state_kernel_writes_every_chunk_start(mom, l2):
     def rnd(*s, scale=1.0):
         return scale * torch.randn(*s, generator=g, dtype=F64)
 
-    q, k, v = rnd(bh, nt, b, dk), rnd(bh, nt, n, dk, scale=0.5), rnd(bh, nt, n, dv)
+    t_len = nt * b - 1  # a partial last chunk (its tokens past T are zeros)
+    q = rnd(1, t_len, bh, dk)
+    k, v = rnd(1, t_len, bh, dk, scale=0.5), rnd(1, t_len, bh, dv)
+    hk, hv = rnd(bh, n - b, dk, scale=0.5), rnd(bh, n - b, dv)  # the halo before T = 0
     a, c, bm = rnd(bh, nt, b), rnd(bh, nt, b, n, scale=0.1), rnd(bh, nt, b)
     ae, be, te = rnd(bh, nt), rnd(bh, nt), rnd(bh, nt)
     ce, cse = rnd(bh, nt, n, scale=0.1), rnd(bh, nt, n, scale=0.1)
@@ -157,8 +160,10 @@ def test_state_kernel_writes_every_chunk_start(mom, l2):
     if not mom:
         bm = be = te = cse = s0 = None
     kern = omega_triton._kernels()
-    mf, sf, ms, ss = omega_triton._launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0,
-                                                 mom, l2)
+    mf, sf, ms, ss, man = omega_triton._launch_states(kern, k, v, hk, hv, a, ae, be, te, ce,
+                                                      cse, m0, s0, mom, l2)
+    assert torch.equal(man, ms[:, nt - 1])  # the anchor: the start state of the last chunk
+    q, k, v = (omega_triton._windows(x, h, b, nt) for x, h in ((q, None), (k, hk), (v, hv)))
     assert rel_err(m0, ms[:, 0]) == 0 and (not mom or rel_err(s0, ss[:, 0]) == 0)
     for j in range(1, nt + 1):
         sl = (slice(None), slice(0, j))

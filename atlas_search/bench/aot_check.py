@@ -40,7 +40,8 @@ from dataclasses import asdict, dataclass, replace
 KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk", "coef_fwd", "coef_bwd")
 COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (one launch config: 8 warps)
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
-_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "o_ptr", "do_ptr", "dq_ptr", "dk_ptr")  # else fp32
+_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "hk_ptr", "hv_ptr", "o_ptr", "do_ptr", "dq_ptr",
+                  "dk_ptr", "dv_ptr")  # the token-major tensors; else fp32
 _TL = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -149,7 +150,7 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
                                var.dtype != "float32"),
                   "BK": _block(ot, name, var.head_dim), "BV": bv}
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
-    in_dtype = _IN_DTYPE_ARGS + (() if var.l2 else ("dv_ptr",))
+    in_dtype = _IN_DTYPE_ARGS
     sig = {}
     for a in fn.arg_names:
         if a in consts:

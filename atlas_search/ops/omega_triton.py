@@ -21,10 +21,15 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
   gate): the torch passes over ``[B, H, NT, b, N]`` tensors and their autograd were most of
   the torch-side traffic (:mod:`atlas_search.bench.torch_bytes`: at the benchmark's
   D = 64, T = 2k, 32k tokens, the bytes read by torch ops per fwd+bwd fell from 7.1 GB to
-  1.7 GB at c = 1 and from 9.8 GB to 2.2 GB at c = 16). The
-  window rows ``K_I, V_I`` of each chunk (``c - 1`` halo tokens before it, from the initial
-  :class:`OmegaState` or zeros with ``gamma = 0``) are made with ``unfold``, so autograd
-  sums the gradients of the overlapping halos.
+  1.7 GB at c = 1 and from 9.8 GB to 2.2 GB at c = 16). No copy of ``q, k, v`` is
+  made: the kernels read them, and write ``O``, ``dQ``, ``dK``, ``dV``, in the caller's
+  token-major ``[B, T, H, D]`` layout (the one the model's projections give; any other
+  layout is copied into it once). Window row ``r`` of chunk ``j`` is token
+  ``j b + r - (c - 1)``: tokens before the sequence come from the halo of the initial
+  :class:`OmegaState` (zeros with ``gamma = 0`` on a fresh start), tokens past ``T`` are
+  zeros. The backward writes the halo rows' ``dK, dV`` to small ``[B*H, NT, c - 1, D]``
+  buffers that torch adds into the tokens they belong to (and into the initial halo's
+  gradient): no ``unfold`` of ``[B, H, NT, N, D]`` windows, no ``cat`` with the halo.
 * **Triton** (:class:`_ChunkScan`, a ``torch.autograd.Function``) runs the chunk
   recurrence. With ``M_s`` (``S_s``) the state at the chunk start (the anchor, DESIGN.md
   §2: ``t' = b floor((t-1)/b)``) and ``E = K_I M_s - V_I`` (l2) or ``-V_I`` (dot)::
@@ -51,8 +56,8 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
   1. ``_omega_states`` (sequential, one program per (batch*head, column block), its
      ``[BK, BV]`` block of ``M`` (and ``S``) in registers): per chunk only ``E`` and the
      state update; writes every chunk-start ``M_s`` (``S_s``) to a buffer
-     ``[B*H, NT, Dk, Dv]`` and the final ``M`` (``S``). The anchor output (the start state
-     of the last chunk) is read from that buffer.
+     ``[B*H, NT, Dk, Dv]``, the final ``M`` (``S``) and the anchor output (the start
+     state of the last chunk).
   2. ``_omega_out`` (parallel): from its chunk's ``M_s`` (``S_s``), ``Q, K_I, V_I, A, C
      (, Bm)`` the output ``O``.
 
@@ -87,8 +92,10 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
      holding ``dQ, dK_I`` for all of Dk spilled kilobytes of registers per thread at
      ``Dk = 128``, and wrote Dv/32 partial copies of them.)
 
-  Memory: the price of the parallel kernels is ``[B*H, NT, Dk, Dv]`` buffers in the
-  computation dtype (``NT*Dk*Dv`` per head, i.e. ``T/b`` states instead of one), alive
+  Memory: the price of the parallel kernels is ``[B*H, NT, Dk, Dv]`` buffers
+  (``NT*Dk*Dv`` per head, i.e. ``T/b`` states instead of one; the computation dtype,
+  except the chunk-start states and ``dM_end`` (``dS_end``), which are in the input dtype
+  for bf16/fp16 inputs, as fla keeps its chunk states: :func:`_buffer_dtype`), alive
   only during one pass: the forward holds the states (x2 for momentum); the backward
   holds the states, ``dM_end`` and ``W`` (each x2 for momentum), ``U`` and ``E``
   (``[B*H, NT, N, Dv]``; ``W`` is freed after step 5, ``U`` after step 6), plus the
@@ -103,8 +110,10 @@ Choices:
   over the window rows is the sum of the two tiles' products (``@triton.jit`` helpers do
   one tile's work). One power-of-two tile would pad ``b + c - 1 = 79`` rows to 128 at
   ``b = 64, c = 16``; two tiles compute on 64 + 16, and an sm_90 compile of
-  ``_omega_bwd_dqk`` at that shape spills 256 instead of 992 bytes per thread. ``tl.dot``
-  needs every dimension >= 16 when compiled; masks for the padding, int64 offsets. ``BV``:
+  ``_omega_bwd_dqk`` at that shape spilled 256 instead of 992 bytes per thread. ``tl.dot``
+  needs every dimension >= 16 when compiled; masks for the padding; int64 bases of a
+  chunk's (batch, head) and its buffers, int32 offsets of tokens within one sequence
+  (``T * H * D < 2**31``, else the torch backend). ``BV``:
   16 under the interpreter (one fixed small config, also the Dk block of
   ``_omega_bwd_dqk`` there, so small test shapes cover several blocks); on CUDA each
   kernel is autotuned over two ``(BV, num_warps)`` configs of :func:`configs`
@@ -300,11 +309,12 @@ def run(
             f"chunk boundary (chunk size {b}); the kernel starts chunks at multiples of b",
         )
     dk = q.shape[-1]
-    if dk > MAX_DK or b + c - 1 > MAX_WINDOW_ROWS:
+    seq = q.shape[1] * (q.shape[2] + b) * max(dk, v.shape[-1])  # one sequence, padded
+    if dk > MAX_DK or b + c - 1 > MAX_WINDOW_ROWS or seq >= 2**31:
         return no(
             "shape",
-            f"Dk={dk}, b+c-1={b + c - 1} exceed the kernel limits "
-            f"(Dk <= {MAX_DK}, b+c-1 <= {MAX_WINDOW_ROWS})",
+            f"Dk={dk}, b+c-1={b + c - 1}, H*T*D={seq} exceed the kernel limits "
+            f"(Dk <= {MAX_DK}, b+c-1 <= {MAX_WINDOW_ROWS}, int32 token offsets)",
         )
     if q.dtype not in _DTYPES or any(x.dtype != q.dtype for x in (k, v)):
         return no("dtype", f"unsupported dtypes {q.dtype}, {k.dtype}, {v.dtype}")
@@ -403,8 +413,7 @@ def _forward(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective):
 
 
 def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective):
-    bsz, nh, t_len, dk = q.shape
-    dv = v.shape[-1]
+    bsz, nh, t_len = q.shape[:3]
     hl = c - 1
     nt = -(-t_len // b)
     pad = nt * b - t_len
@@ -415,13 +424,8 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     def tpad(x: Tensor) -> Tensor:  # zero-pad the time dim (2) to NT * b, no copy if whole
         return x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
 
-    qb = tpad(q).reshape(bsz, nh, nt, b, dk)
-    kx = _with_halo(st.halo_k, tpad(k))
-    vx = _with_halo(st.halo_v, tpad(v))
     gx = _with_halo(st.halo_gamma, tpad(gamma)).to(cd)
-    kw = _blocks(kx, 0, nt, n, b)  # [B,H,NT,N,Dk]
-    vw = _blocks(vx, 0, nt, n, b)
-    gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N]
+    gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N] (small: the gates)
     al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
     et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
 
@@ -453,9 +457,11 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     bm, bm_end, th_end, cs_end = extra
     m0 = st.memory
     o, m_fin, s_fin, m_anchor = _ChunkScan.apply(
-        qb,
-        kw,
-        vw,
+        _tokens(q),
+        _tokens(k),
+        _tokens(v),
+        st.halo_k,
+        st.halo_v,
         cum_a,
         c_m,
         bm,
@@ -468,7 +474,7 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
         s0,
         objective == "l2",
     )
-    o = o.reshape(bsz, nh, nt * b, dv)[:, :, :t_len]
+    o = o.transpose(1, 2)  # [B, H, T, Dv] view of the token-major output
     m_fin = m_fin.to(m0.dtype)
     anchor = m_fin if t_len % b == 0 else m_anchor.to(m0.dtype)
     new = _State(
@@ -484,6 +490,46 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
 
 
 # ----------------------------------------------------------------------------- autograd
+
+
+def _tokens(x: Tensor) -> Tensor:
+    """Head-major view ``[B, H, T, D]`` -> token-major ``[B, T, H, D]`` contiguous: a view
+    of the caller's tensor when it is token-major already (the layout the model's
+    projections give), else one copy. The kernels read and write this layout directly."""
+    return x.transpose(1, 2).contiguous()
+
+
+def _windows(x: Tensor, hx: Tensor | None, b: int, nt: int) -> Tensor:
+    """Token-major ``[B, T, H, D]`` (and the halo ``[B*H, HL, D]`` before it) -> the window
+    rows ``[B*H, NT, b + HL, D]`` of every chunk, zero-padded to ``NT * b`` tokens (torch
+    twin of the kernels' token addressing; differentiable)."""
+    bsz, t_len, nh, d = x.shape
+    xh = x.transpose(1, 2).reshape(1, bsz * nh, t_len, d)
+    xh = F.pad(xh, (0, 0, 0, nt * b - t_len))
+    hl = 0 if hx is None else hx.shape[1]
+    if hl:
+        xh = torch.cat([hx.unsqueeze(0).to(xh.dtype), xh], dim=2)
+    return _blocks(xh, 0, nt, b + hl, b)[0]
+
+
+def _fold_halo(d_tok: Tensor, d_halo: Tensor, b: int, nh: int) -> tuple[Tensor, Tensor]:
+    """Add the gradients of the halo rows ``[B*H, NT, HL, D]`` (row ``r`` of chunk ``j``
+    is token ``j b - HL + r``) into the token-major gradient ``[B, T, H, D]`` (in place);
+    rows before the sequence form the gradient of the initial halo ``[B, H, HL, D]``."""
+    bh, nt, hl, d = d_halo.shape
+    bsz = bh // nh
+    dev = d_tok.device
+    # built on the device (no host-to-device copy, no sync); rows of the other kind are
+    # added as zeros at a clamped index
+    tok = (torch.arange(nt, device=dev)[:, None] * b - hl
+           + torch.arange(hl, device=dev)[None, :]).reshape(-1)
+    src = d_halo.reshape(bsz, nh, nt * hl, d)
+    inside = (tok >= 0).to(src.dtype)[:, None]
+    rows = (src * inside).transpose(1, 2).to(d_tok.dtype)
+    d_tok.index_add_(1, tok.clamp(min=0), rows)
+    d_init = d_halo.new_zeros(bsz, nh, hl, d)
+    d_init.index_add_(2, (tok + hl).clamp(max=hl - 1), src * (1 - inside))
+    return d_tok, d_init
 
 
 def _flat(x: Tensor | None, dtype=None) -> Tensor | None:
@@ -575,39 +621,35 @@ def _gd_coeffs_torch_grads(a_f, e_f, g_f, last, cots):
 
 
 class _ChunkScan(torch.autograd.Function):
-    """Chunk scan of DESIGN.md §2 (module docstring). Inputs ``[B, H, ...]``: ``q
-    [NT, b, Dk]``, ``k, v [NT, N, Dk|Dv]`` (window rows), ``a [NT, b]``, ``c [NT, b, N]``,
+    """Chunk scan of DESIGN.md §2 (module docstring). Inputs: ``q, k, v [B, T, H, D]``
+    token-major contiguous, the halos ``hk, hv [B, H, HL, D]`` before the sequence (``HL =
+    c - 1``, possibly 0) and ``[B, H, ...]`` coefficients ``a [NT, b]``, ``c [NT, b, N]``,
     ``bm [NT, b]``, ``ae, be, te [NT]``, ``ce, cse [NT, N]``, ``m0, s0 [Dk, Dv]`` (``bm,
-    be, te, cse, s0`` are ``None`` for gd). Returns ``o [B, H, NT, b, Dv]`` (q's dtype),
-    the final ``M`` and ``S`` and the start state of the last chunk (computation dtype;
-    ``S`` is an empty tensor for gd)."""
+    be, te, cse, s0`` are ``None`` for gd). Returns ``o [B, T, H, Dv]`` (q's dtype), the
+    final ``M`` and ``S`` and the start state of the last chunk (computation dtype; ``S``
+    is an empty tensor for gd)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
-        bsz, nh = q.shape[:2]
+    def forward(ctx, q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
+        bsz, _, nh = q.shape[:3]
         cd = a.dtype
         mom = s0 is not None
-        flat = [_flat(x) for x in (q, k, v)]
+        hl = hk.shape[2]
+        halo = [_flat(hk, q.dtype), _flat(hv, q.dtype)] if hl else [None, None]
         coef = [_flat(x, cd) for x in (a, c, bm, ae, be, te, ce, cse)]
         st0 = [
             _flat(m0.expand(bsz, nh, *m0.shape[2:]), cd),
             None if s0 is None else _flat(s0.expand(bsz, nh, *s0.shape[2:]), cd),
         ]
-        o, mf, sf, man = _launch_forward(*flat, *coef, *st0, mom, l2)
-        ctx.save_for_backward(*flat, *[x for x in coef if x is not None], *st0[: 1 + mom])
-        ctx.meta = (
-            bsz,
-            nh,
-            mom,
-            l2,
-            m0.dtype,
-            None if s0 is None else s0.dtype,
-            [x is not None for x in coef],
-        )
+        o, mf, sf, man = _launch_forward(q, k, v, *halo, *coef, *st0, mom, l2)
+        ctx.save_for_backward(q, k, v, *[x for x in halo if x is not None],
+                              *[x for x in coef if x is not None], *st0[: 1 + mom])
+        ctx.meta = (bsz, nh, hl, mom, l2, m0.dtype, None if s0 is None else s0.dtype,
+                    [x is not None for x in coef], hk.dtype)
         shape = (bsz, nh)
         sf_out = sf.view(*shape, *sf.shape[1:]) if mom else mf.new_zeros(0)
         return (
-            o.view(*shape, *o.shape[1:]),
+            o,
             mf.view(*shape, *mf.shape[1:]),
             sf_out,
             man.view(*shape, *man.shape[1:]),
@@ -616,10 +658,11 @@ class _ChunkScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dmf, dsf, dman):
-        bsz, nh, mom, l2, m_dt, s_dt, present = ctx.meta
+        bsz, nh, hl, mom, l2, m_dt, s_dt, present, h_dt = ctx.meta
         saved = list(ctx.saved_tensors)
         q, k, v = saved[:3]
         it = iter(saved[3:])
+        hk, hv = (next(it), next(it)) if hl else (None, None)
         coef = [next(it) if p else None for p in present]
         m0 = next(it)
         s0 = next(it) if mom else None
@@ -633,30 +676,32 @@ class _ChunkScan(torch.autograd.Function):
         do_f = (
             torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
             if do is None
-            else _flat(do)
+            else do.to(q.dtype).contiguous()
         )
         dmf_f = flat_grad(dmf, m0)
         dsf_f = flat_grad(dsf, m0) if mom else None
         dman_f = flat_grad(dman, m0)
+        args = (q, k, v, hk, hv, *coef, m0, s0, do_f, dmf_f, dsf_f, dman_f, mom, l2)
         try:
-            grads = _launch_backward(q, k, v, *coef, m0, s0, do_f, dmf_f, dsf_f, dman_f, mom, l2)
+            grads = _launch_backward(*args)
         except _KernelError as exc:
             _warn_once(
                 "launch-backward",
                 f"backward kernel failed ({exc.__cause__!r}), "
                 "gradients recomputed with the torch chunk scan",
             )
-            grads = _backward_torch(q, k, v, coef, m0, s0, do_f, dmf_f, dsf_f, dman_f, l2)
-        dq, dk, dv, da, dc, dbm, dae, dbe, dte, dce, dcse, dm0, ds0 = grads
+            grads = _backward_torch(*args)
+        dq, dk, dv, dhk, dhv, da, dc, dbm, dae, dbe, dte, dce, dcse, dm0, ds0 = grads
 
         def unflat(g, dtype):
             return None if g is None else g.view(bsz, nh, *g.shape[1:]).to(dtype)
 
-        in_dt = q.dtype
         return (
-            unflat(dq, in_dt),
-            unflat(dk, in_dt),
-            unflat(dv, in_dt),
+            dq,
+            dk,
+            dv,
+            None if dhk is None else dhk.to(h_dt),
+            None if dhv is None else dhv.to(h_dt),
             unflat(da, cd),
             unflat(dc, cd),
             unflat(dbm, cd),
@@ -699,14 +744,23 @@ def _scan_torch(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
     return torch.stack(outs, 1), m, s, anchor
 
 
-def _backward_torch(q, k, v, coef, m0, s0, do, dmf, dsf, dman, l2):
-    """Gradients of :func:`_scan_torch` by torch autograd (fallback of the backward)."""
+def _backward_torch(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, dsf,
+                    dman, mom, l2):
+    """Gradients of :func:`_scan_torch` over :func:`_windows` by torch autograd (fallback of
+    the backward), in the layout :func:`_launch_backward` returns."""
+    del mom
+    coef = (a, c, bm, ae, be, te, ce, cse)
+    nh = q.shape[2]
     leaves = [
-        x.detach().requires_grad_() if x is not None else None for x in (q, k, v, *coef, m0, s0)
+        x.detach().requires_grad_() if x is not None else None
+        for x in (q, k, v, hk, hv, *coef, m0, s0)
     ]
+    b, nt = a.shape[-1], a.shape[1]
     with torch.enable_grad():
-        o, m, s, man = _scan_torch(*leaves, l2)
-        outs, cots = [o, m, man], [do.to(o.dtype), dmf, dman]
+        lq, lk, lv, lhk, lhv = leaves[:5]
+        o, m, s, man = _scan_torch(_windows(lq, None, b, nt), _windows(lk, lhk, b, nt),
+                                   _windows(lv, lhv, b, nt), *leaves[5:], l2)
+        outs, cots = [o, m, man], [_windows(do, None, b, nt).to(o.dtype), dmf, dman]
         if s is not None:
             outs.append(s)
             cots.append(dsf)
@@ -716,6 +770,9 @@ def _backward_torch(q, k, v, coef, m0, s0, do, dmf, dsf, dman, l2):
     for x in leaves:
         g = next(got) if x is not None else None
         grads.append(torch.zeros_like(x) if (x is not None and g is None) else g)
+    for i in (3, 4):  # the halo gradients as [B, H, HL, D]
+        if grads[i] is not None:
+            grads[i] = grads[i].view(q.shape[0], nh, *grads[i].shape[1:])
     return grads
 
 
@@ -743,13 +800,18 @@ def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
     has at ``c = 16``); the other parallel kernels are light (no spills at ``BV = 32``,
     8 warps). No 4-warp configs: with Triton 3.6.0 on an H100 the output kernel at 4 warps
     returned wrong outputs (``python -m atlas_search.bench.config_check`` runs every config
-    against the first)."""
+    against the first). The output kernel has no ``BV = 64`` config: with Triton 3.7.1 on an
+    H100 its bf16 compile at ``c = 16`` gave outputs 0.58 (D = 64) and 0.38 (D = 128) off
+    the float64 torch backend (relative), while ``BV = 32`` and ``16`` were within 3e-3 and
+    fp32 was right at every ``BV``."""
     cap = _np2(dv)
     if name == "bwd_dqk":
         cands = [(16, 8), (32, 8)]
     elif name in ("states", "bwd_dh"):
         bv = 16 if _np2(dk) >= 128 else 32
         cands = [(bv, 8), (2 * bv, 8)]
+    elif name == "out":
+        cands = [(32, 8), (16, 8)]
     else:
         cands = [(32, 8), (64, 8)]
     out = []
@@ -798,21 +860,42 @@ def _consts(b: int, n: int, dk: int, mom: bool, l2: bool, lowp: bool) -> dict:
                 L2=l2, LOWP=lowp)
 
 
-def _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
-    """``_omega_states``: the sequential scan over chunks. Returns ``M_end, S_end`` and the
-    chunk-start states ``Ms, Ss [BH, NT, Dk, Dv]`` (computation dtype; ``Ss`` is ``Ms``
-    for gd)."""
-    bh, nt, n, dk = k.shape
-    dv = v.shape[-1]
+def _buffer_dtype(x: Tensor, cd: torch.dtype, interpret: bool) -> torch.dtype:
+    """dtype of the per-chunk state buffers (``Ms, Ss, dM_end, dS_end``): the input dtype on
+    the low-precision operand path (:func:`_lowp`), as fla keeps its chunk states in the
+    input dtype, else the computation dtype. Every ``tl.dot`` that reads them casts them to
+    that dtype anyway, so ``O``, ``E``, ``dE`` and every ``dQ, dK, dV`` term are unchanged;
+    only the fp32 sums ``dA_end = <dM_end, M_s>`` (``dBm_end, dTh_end``) see the rounded
+    states. ``U, W, E`` stay in the computation dtype: they join fp32 sums before any cast
+    (stored in bf16 they took dK past its budget in a CPU simulation)."""
+    return x.dtype if _lowp(x, interpret) else cd
+
+
+def _geometry(q: Tensor, a: Tensor, ce: Tensor) -> tuple[int, ...]:
+    """``(B*H, NT, T, H, b, N)`` of a launch: token-major ``q [B, T, H, D]``, flat
+    coefficients ``a [B*H, NT, b]`` and ``ce [B*H, NT, N]``."""
+    return a.shape[0], a.shape[1], q.shape[1], q.shape[2], a.shape[2], ce.shape[2]
+
+
+def _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0, mom, l2):
+    """``_omega_states``: the sequential scan over chunks. Returns ``M_end, S_end``, the
+    chunk-start states ``Ms, Ss [BH, NT, Dk, Dv]`` (:func:`_buffer_dtype`; ``Ss`` is
+    ``Ms`` for gd) and the start state of the last chunk (computation dtype)."""
+    bh, nt, t_len, nh, b, n = _geometry(k, a, ce)
+    dk, dv = k.shape[-1], v.shape[-1]
     cd, dev = m0.dtype, k.device
+    bd = _buffer_dtype(k, cd, kern["interpret"])
     mf = _empty((bh, dk, dv), cd, dev)
     sf = _empty((bh, dk, dv), cd, dev) if mom else mf
-    ms = _empty((bh, nt, dk, dv), cd, dev)
-    ss = _empty((bh, nt, dk, dv), cd, dev) if mom else ms
+    man = _empty((bh, dk, dv), cd, dev)
+    ms = _empty((bh, nt, dk, dv), bd, dev)
+    ss = _empty((bh, nt, dk, dv), bd, dev) if mom else ms
     dummy = ae
     args = (
         k,
         v,
+        k if hk is None else hk,
+        v if hv is None else hv,
         ae,
         be if mom else dummy,
         te if mom else dummy,
@@ -824,7 +907,10 @@ def _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
         sf,
         ms,
         ss,
+        man,
         nt,
+        t_len,
+        nh,
         b,
         n,
         dk,
@@ -832,57 +918,69 @@ def _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2):
     )
     consts = _consts(b, n, dk, mom, l2, _lowp(k, kern["interpret"]))
     _call(kern, "states", bh, dk, dv, args, consts)
-    return mf, sf, ms, ss
+    return mf, sf, ms, ss, man
 
 
-def _launch_forward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2):
+def _launch_forward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, mom, l2):
     """Forward: ``_omega_states`` (sequential) then ``_omega_out`` (parallel over chunks).
-    Returns ``o, M_end, S_end, M_s(last chunk)``; the state buffers are freed."""
+    Returns ``o [B, T, H, Dv]``, ``M_end, S_end, M_s(last chunk)``; the state buffers are
+    freed."""
     try:
         kern = _kernels()
-        bh, nt, b, dk = q.shape
-        n, dv = k.shape[2], v.shape[-1]
-        mf, sf, ms, ss = _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
-        o = _empty((bh, nt, b, dv), q.dtype, q.device)
-        args = (q, k, v, a, c, bm if mom else a, ms, ss, o, b, n, dk, dv)
+        bh, nt, t_len, nh, b, n = _geometry(q, a, ce)
+        dk, dv = q.shape[-1], v.shape[-1]
+        mf, sf, ms, ss, man = _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0,
+                                             s0, mom, l2)
+        o = _empty((*q.shape[:3], dv), q.dtype, q.device)
+        args = (q, k, v, k if hk is None else hk, v if hv is None else hv, a, c,
+                bm if mom else a, ms, ss, o, nt, t_len, nh, b, n, dk, dv)
         consts = _consts(b, n, dk, mom, l2, _lowp(q, kern["interpret"]))
         _call(kern, "out", bh * nt, dk, dv, args, consts)
-        man = ms[:, nt - 1].clone()  # the anchor output: the start state of the last chunk
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
     stats["forward"] += 1
     return o, mf, sf, man
 
 
-def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, dsf, dman, mom, l2):
+def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, dsf,
+                     dman, mom, l2):
     """State recomputation (``_omega_states``), the dO-local terms (``_omega_bwd_local``,
-    parallel), the reverse recurrence of ``dM`` (``_omega_bwd_dh``, sequential) and the
-    gradients (``_omega_bwd_grads``, parallel); returns the gradients of every input of
-    :func:`_scan_torch` (``None`` for the absent momentum ones)."""
+    parallel), the reverse recurrence of ``dM`` (``_omega_bwd_dh``, sequential), ``dV``
+    (``_omega_bwd_dv``) and the rest (``_omega_bwd_dqk``), both parallel; the halo rows'
+    ``dK, dV`` are folded into the tokens they belong to (:func:`_fold_halo`). Returns
+    ``dq, dk, dv [B, T, H, D]``, ``dhk, dhv [B, H, HL, D]`` (``None`` without a halo) and
+    the gradients of the flat coefficients and initial states (``None`` for the absent
+    momentum ones)."""
     try:
         kern = _kernels()
-        bh, nt, b, dk = q.shape
-        n, dv = k.shape[2], v.shape[-1]
+        bh, nt, t_len, nh, b, n = _geometry(q, a, ce)
+        dk, dv = q.shape[-1], v.shape[-1]
+        hl = n - b
         nc = bh * nt
         cd, dev = m0.dtype, q.device
-        _, _, ms, ss = _launch_states(kern, b, k, v, ae, be, te, ce, cse, m0, s0, mom, l2)
+        _, _, ms, ss, _ = _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0,
+                                         mom, l2)
+        bd = ms.dtype
         dummy = a
+        hk_, hv_ = (k, v) if hk is None else (hk, hv)
+        geo = (nt, t_len, nh, b, n, dk, dv)
         consts = _consts(b, n, dk, mom, l2, _lowp(q, kern["interpret"]))
 
         # local: W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO
         w = _empty((bh, nt, dk, dv), cd, dev)
         ws = _empty((bh, nt, dk, dv), cd, dev) if mom else w
         u = _empty((bh, nt, n, dv), cd, dev)
-        args = (q, k, a, c, bm if mom else dummy, do, u, w, ws, b, n, dk, dv)
+        args = (q, k, hk_, a, c, bm if mom else dummy, do, u, w, ws, *geo)
         _call(kern, "bwd_local", nc, dk, dv, args, consts)
 
         # reverse recurrence: dM_end (dS_end) of every chunk, dM_0 (dS_0)
-        dme = _empty((bh, nt, dk, dv), cd, dev)
-        dse = _empty((bh, nt, dk, dv), cd, dev) if mom else dme
+        dme = _empty((bh, nt, dk, dv), bd, dev)
+        dse = _empty((bh, nt, dk, dv), bd, dev) if mom else dme
         dm0 = _empty((bh, dk, dv), cd, dev)
         ds0 = _empty((bh, dk, dv), cd, dev) if mom else dm0
         args = (
             k,
+            hk_,
             ae,
             be if mom else dummy,
             te if mom else dummy,
@@ -898,29 +996,27 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dse,
             dm0,
             ds0,
-            nt,
-            b,
-            n,
-            dk,
-            dv,
+            *geo,
         )
         _call(kern, "bwd_dh", bh, dk, dv, args, consts)
         del w, ws
 
-        # dV_I = -dE and (l2) E, per (chunk, column block); dQ, dK_I and (dot) dV_I are
-        # stored in the inputs' dtype (no conversion pass; l2 reads dV_I = -dE back in
-        # _omega_bwd_dqk, so it stays in the computation dtype there)
-        dv_ = _empty((bh, nt, n, dv), cd if l2 else q.dtype, dev)
-        e = _empty((bh, nt, n, dv), cd, dev) if l2 else dv_
-        args = (k, v, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, b, n, dk, dv)
+        # dV = -dE (own rows in the inputs' dtype and layout, halo rows in a buffer) and
+        # (l2) E; _omega_bwd_dqk reads dE back from them (l2)
+        dv_ = _empty((*q.shape[:3], dv), q.dtype, dev)
+        hdv = _empty((bh, nt, hl, dv), cd, dev) if hl else dv_
+        e = _empty((bh, nt, n, dv), cd, dev) if l2 else u
+        args = (k, v, hk_, hv_, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, hdv, *geo)
         _call(kern, "bwd_dv", nc, dk, dv, args, consts)
         del u
 
-        # dQ, dK_I whole; the Dk-summed gradients per Dk block (summed below)
+        # dQ, dK (own rows; halo rows in a buffer) whole; the Dk-summed gradients per Dk
+        # block (summed below)
         bk = _dqk_bk(dk, kern["interpret"])
         nk = triton.cdiv(dk, bk)
-        dq = _empty((bh, nt, b, dk), q.dtype, dev)
-        dk_ = _empty((bh, nt, n, dk), q.dtype, dev)
+        dq = _empty(q.shape, q.dtype, dev)
+        dk_ = _empty(q.shape, q.dtype, dev)
+        hdk = _empty((bh, nt, hl, dk), cd, dev) if hl else dk_
         da = _empty((nk, bh, nt, b), cd, dev)
         dc = _empty((nk, bh, nt, b, n), cd, dev)
         dae = _empty((nk, bh, nt), cd, dev)
@@ -936,6 +1032,8 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             q,
             k,
             v,
+            hk_,
+            hv_,
             a,
             c,
             bm if mom else dummy,
@@ -948,8 +1046,10 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             do,
             e,
             dv_,
+            hdv,
             dq,
             dk_,
+            hdk,
             da,
             dc,
             dbm,
@@ -959,12 +1059,13 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
             dce,
             dcse,
             nc,
-            b,
-            n,
-            dk,
-            dv,
+            *geo,
         )
         _call(kern, "bwd_dqk", nc, dk, dv, args, dict(consts, BK=bk), g1=nk)
+        dhk = dhv = None
+        if hl:
+            dk_, dhk = _fold_halo(dk_, hdk, b, nh)
+            dv_, dhv = _fold_halo(dv_, hdv, b, nh)
     except Exception as exc:
         raise _KernelError(str(exc)) from exc
     stats["backward"] += 1
@@ -972,7 +1073,7 @@ def _launch_backward(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, ds
     def red(x):
         return x.sum(0) if nk > 1 else x[0]
 
-    out = [dq, dk_, dv_, red(da), red(dc)]
+    out = [dq, dk_, dv_, dhk, dhv, red(da), red(dc)]
     out += [red(dbm) if mom else None, red(dae)]
     out += [red(dbe), red(dte)] if mom else [None, None]
     out += [red(dce), red(dcse) if mom else None, dm0, ds0 if mom else None]
@@ -999,7 +1100,7 @@ def _kernels() -> dict:
     the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
     global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
     global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin, _coef_rows
-    global _coef_index, _state_pair
+    global _coef_index, _state_pair, _tok_rows, _tok_ptrs, _tok_load, _tok_store
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -1029,6 +1130,44 @@ def _kernels() -> dict:
         tl.store(ptr + (cj * N + r[:, None]) * W + cols[None, :],
                  x.to(ptr.dtype.element_ty), mask=mr[:, None] & mc[None, :])
 
+    # Token-major tensors. q, k, v, dO and the outputs O, dQ, dK, dV are read and written in
+    # the caller's [B, T, H, W] layout (no head-major copies): chunk cj = (batch*head) *
+    # NT + j holds tokens j*L .. j*L + L - 1; window row r of it is token j*L + r - HL
+    # (HL = N - L halo rows first). Tokens < 0 come from the [B*H, HL, W] halo before the
+    # sequence (a halo tile, HT), tokens >= T are zeros (the padded last chunk).
+
+    @triton.jit
+    def _tok_rows(cj, NT, L, N, R0, NR, BR: tl.constexpr):
+        # window rows R0 .. R0 + NR - 1 of chunk cj padded to BR: (rows, mask, tokens)
+        r, mr = _tile(R0, NR, BR)
+        return r, mr, (cj % NT).to(tl.int32) * L + r - (N - L)
+
+    @triton.jit
+    def _tok_ptrs(ptr, cj, NT, T, H, t, cols, W):
+        # pointers to tokens t (int32; T * H * W < 2**31), columns cols of the (batch,
+        # head) of chunk cj (its int64 base)
+        i_bh = cj // NT
+        base = ptr + ((i_bh // H) * T * H + i_bh % H) * W
+        return base + (t * (H * W))[:, None] + cols[None, :]
+
+    @triton.jit
+    def _tok_load(ptr, hptr, cj, NT, T, H, HL, t, mr, cols, mc, W, HT: tl.constexpr):
+        # [BR, BC] block at tokens t (HT: tokens < 0 from the halo)
+        ok = mr & (t >= 0) & (t < T)
+        x = tl.load(_tok_ptrs(ptr, cj, NT, T, H, t, cols, W),
+                    mask=ok[:, None] & mc[None, :], other=0.0)
+        if HT:
+            hbase = hptr + (cj // NT) * HL * W
+            x += tl.load(hbase + ((HL + t) * W)[:, None] + cols[None, :],
+                         mask=(mr & (t < 0))[:, None] & mc[None, :], other=0.0)
+        return x
+
+    @triton.jit
+    def _tok_store(ptr, cj, NT, T, H, t, mr, cols, mc, W, x):
+        ok = mr & (t >= 0) & (t < T)
+        tl.store(_tok_ptrs(ptr, cj, NT, T, H, t, cols, W), x.to(ptr.dtype.element_ty),
+                 mask=ok[:, None] & mc[None, :])
+
     @triton.jit
     def _kv_block(i_v, DK, DV, BK: tl.constexpr, BV: tl.constexpr):
         # the [BK, BV] block of a [Dk, Dv] state for column block i_v: indices, masks and
@@ -1049,15 +1188,15 @@ def _kernels() -> dict:
         return x, y
 
     @triton.jit
-    def _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, R0, NR, m, ok, mk, ov, mv,
-                     BR: tl.constexpr, MOMENTUM: tl.constexpr, L2: tl.constexpr,
-                     LOWP: tl.constexpr):
+    def _states_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, cj, NT, T, H, L, N, DK,
+                     DV, R0, NR, m, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr,
+                     MOMENTUM: tl.constexpr, L2: tl.constexpr, LOWP: tl.constexpr):
         # one tile's K_r^T (c_end ∘ E_r) [and K_r^T (cS_end ∘ E_r)], E_r = K_r M_s - V_r (l2)
         cd = m.dtype
         dd = k_ptr.dtype.element_ty if LOWP else cd
-        r, mr = _tile(R0, NR, BR)
-        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
-        vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
+        vv = _tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV, HT).to(cd)
         if L2:
             e = tl.dot(kk, m.to(dd), input_precision="ieee") - vv
         else:
@@ -1074,6 +1213,8 @@ def _kernels() -> dict:
     def _omega_states(
         k_ptr,
         v_ptr,
+        hk_ptr,
+        hv_ptr,
         ae_ptr,
         be_ptr,
         te_ptr,
@@ -1085,7 +1226,10 @@ def _kernels() -> dict:
         sf_ptr,
         ms_ptr,
         ss_ptr,
+        man_ptr,
         NT,
+        T,
+        H,
         L,
         N,
         DK,
@@ -1100,7 +1244,8 @@ def _kernels() -> dict:
         LOWP: tl.constexpr,
     ):
         # sequential over chunks; one program: one (batch*head, Dv column block), its M (S)
-        # block in registers. Writes every chunk-start state and the final one.
+        # block in registers. Writes every chunk-start state (the buffer's dtype), the
+        # start state of the last chunk (the anchor) and the final one (computation dtype).
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
         cd = m0_ptr.dtype.element_ty
@@ -1109,14 +1254,18 @@ def _kernels() -> dict:
         m, s = _state_pair(m0_ptr, s0_ptr, st_off, mkv, cd, MOMENTUM)
         for j in range(NT):
             cj = i_bh * NT + j
-            tl.store(ms_ptr + cj * DK * DV + kv_off, m, mask=mkv)
+            tl.store(ms_ptr + cj * DK * DV + kv_off, m.to(ms_ptr.dtype.element_ty), mask=mkv)
+            tl.store(man_ptr + st_off, m, mask=mkv & ((ok[:, None] * 0 + j) == NT - 1))
             if MOMENTUM:
-                tl.store(ss_ptr + cj * DK * DV + kv_off, s, mask=mkv)
-            um, us = _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, N - L, L, m,
-                                  ok, mk, ov, mv, BL, MOMENTUM, L2, LOWP)
+                tl.store(ss_ptr + cj * DK * DV + kv_off, s.to(ss_ptr.dtype.element_ty),
+                         mask=mkv)
+            um, us = _states_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, cj, NT, T, H,
+                                  L, N, DK, DV, N - L, L, m, ok, mk, ov, mv, BL, False,
+                                  MOMENTUM, L2, LOWP)
             if HALO:
-                um2, us2 = _states_part(k_ptr, v_ptr, ce_ptr, cse_ptr, cj, N, DK, DV, 0,
-                                        N - L, m, ok, mk, ov, mv, BH, MOMENTUM, L2, LOWP)
+                um2, us2 = _states_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, cj, NT,
+                                        T, H, L, N, DK, DV, 0, N - L, m, ok, mk, ov, mv, BH,
+                                        True, MOMENTUM, L2, LOWP)
                 um += um2
                 if MOMENTUM:
                     us += us2
@@ -1133,14 +1282,15 @@ def _kernels() -> dict:
             tl.store(sf_ptr + st_off, s, mask=mkv)
 
     @triton.jit
-    def _out_part(qq, k_ptr, v_ptr, c_ptr, cj, L, N, DK, DV, R0, NR, m, ol, ml, ok, mk, ov,
-                  mv, BR: tl.constexpr, L2: tl.constexpr, LOWP: tl.constexpr):
+    def _out_part(qq, k_ptr, v_ptr, hk_ptr, hv_ptr, c_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR,
+                  m, ol, ml, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr,
+                  L2: tl.constexpr, LOWP: tl.constexpr):
         # one tile's (C_r ∘ Q K_r^T) E_r
         cd = m.dtype
         dd = qq.dtype
-        r, mr = _tile(R0, NR, BR)
-        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
-        vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
+        vv = _tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV, HT).to(cd)
         if L2:
             e = tl.dot(kk, m.to(dd), input_precision="ieee") - vv
         else:
@@ -1154,12 +1304,17 @@ def _kernels() -> dict:
         q_ptr,
         k_ptr,
         v_ptr,
+        hk_ptr,
+        hv_ptr,
         a_ptr,
         c_ptr,
         bm_ptr,
         ms_ptr,
         ss_ptr,
         o_ptr,
+        NT,
+        T,
+        H,
         L,
         N,
         DK,
@@ -1176,35 +1331,36 @@ def _kernels() -> dict:
         # parallel: one program per (chunk of a batch*head, Dv column block)
         cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT]
         i_v = tl.program_id(1).to(tl.int64)
-        cd = ms_ptr.dtype.element_ty
+        cd = a_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         ml = ol < L
+        tq = (cj % NT).to(tl.int32) * L + ol  # the chunk's own tokens
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         cs_off = cj * DK * DV + kv_off
         m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
+        qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
         o = aa[:, None] * tl.dot(qq, m.to(dd), input_precision="ieee")
-        o -= _out_part(qq, k_ptr, v_ptr, c_ptr, cj, L, N, DK, DV, N - L, L, m, ol, ml, ok, mk,
-                       ov, mv, BL, L2, LOWP)
+        o -= _out_part(qq, k_ptr, v_ptr, hk_ptr, hv_ptr, c_ptr, cj, NT, T, H, L, N, DK, DV,
+                       N - L, L, m, ol, ml, ok, mk, ov, mv, BL, False, L2, LOWP)
         if HALO:
-            o -= _out_part(qq, k_ptr, v_ptr, c_ptr, cj, L, N, DK, DV, 0, N - L, m, ol, ml, ok,
-                           mk, ov, mv, BH, L2, LOWP)
+            o -= _out_part(qq, k_ptr, v_ptr, hk_ptr, hv_ptr, c_ptr, cj, NT, T, H, L, N, DK, DV,
+                           0, N - L, m, ol, ml, ok, mk, ov, mv, BH, True, L2, LOWP)
         if MOMENTUM:
             s = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
             o += bm[:, None] * tl.dot(qq, s.to(dd), input_precision="ieee")
-        _rows_store(o_ptr, cj, L, ol, ml, ov, mv, DV, o.to(o_ptr.dtype.element_ty))
+        _tok_store(o_ptr, cj, NT, T, H, tq, ml, ov, mv, DV, o)
 
     @triton.jit
-    def _u_part(qq, do, k_ptr, c_ptr, u_ptr, cj, L, N, DK, DV, R0, NR, ol, ml, ok, mk, ov, mv,
-                BR: tl.constexpr):
+    def _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR, ol,
+                ml, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr):
         # one tile's rows of U = -(C ∘ Q K_I^T)^T dO
         cd = do.dtype
         dd = qq.dtype
-        r, mr = _tile(R0, NR, BR)
-        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
         cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N).to(cd)
         p = cc * tl.dot(qq, tl.trans(kk), input_precision="ieee")
         u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
@@ -1214,6 +1370,7 @@ def _kernels() -> dict:
     def _omega_bwd_local(
         q_ptr,
         k_ptr,
+        hk_ptr,
         a_ptr,
         c_ptr,
         bm_ptr,
@@ -1221,6 +1378,9 @@ def _kernels() -> dict:
         u_ptr,
         w_ptr,
         ws_ptr,
+        NT,
+        T,
+        H,
         L,
         N,
         DK,
@@ -1238,54 +1398,60 @@ def _kernels() -> dict:
         # W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (the dO part of dE)
         cj = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
-        cd = w_ptr.dtype.element_ty
+        cd = a_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         ml = ol < L
+        tq = (cj % NT).to(tl.int32) * L + ol
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         cs_off = cj * DK * DV + kv_off
-        qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
-        do = _rows_load(do_ptr, cj, L, ol, ml, ov, mv, DV).to(cd)
+        qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
+        do = _tok_load(do_ptr, do_ptr, cj, NT, T, H, 0, tq, ml, ov, mv, DV, False).to(cd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
         w = tl.dot(tl.trans(qq), (aa[:, None] * do).to(dd), input_precision="ieee")
-        tl.store(w_ptr + cs_off, w, mask=mkv)
+        tl.store(w_ptr + cs_off, w.to(w_ptr.dtype.element_ty), mask=mkv)
         if MOMENTUM:
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
             ws = tl.dot(tl.trans(qq), (bm[:, None] * do).to(dd), input_precision="ieee")
-            tl.store(ws_ptr + cs_off, ws, mask=mkv)
-        _u_part(qq, do, k_ptr, c_ptr, u_ptr, cj, L, N, DK, DV, N - L, L, ol, ml, ok, mk, ov, mv,
-                BL)
+            tl.store(ws_ptr + cs_off, ws.to(ws_ptr.dtype.element_ty), mask=mkv)
+        _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, N - L, L, ol,
+                ml, ok, mk, ov, mv, BL, False)
         if HALO:
-            _u_part(qq, do, k_ptr, c_ptr, u_ptr, cj, L, N, DK, DV, 0, N - L, ol, ml, ok, mk, ov,
-                    mv, BH)
+            _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, 0, N - L,
+                    ol, ml, ok, mk, ov, mv, BH, True)
 
     @triton.jit
-    def _de_tile(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
-                 BR: tl.constexpr, MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
-        # one tile's rows, keys and dE_r = U_r - c_end ∘ K_r dM_end [- cS_end ∘ K_r dS_end]
+    def _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR,
+                 dm, ds, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr,
+                 MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
+        # one tile's rows, tokens, keys and dE_r = U_r - c_end ∘ K_r dM_end
+        # [- cS_end ∘ K_r dS_end]
         cd = dm.dtype
         dd = k_ptr.dtype.element_ty if LOWP else cd
-        r, mr = _tile(R0, NR, BR)
-        kk = _rows_load(k_ptr, cj, N, r, mr, ok, mk, DK).to(dd)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
         ce = tl.load(ce_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
         de = _rows_load(u_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
         de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
         if MOMENTUM:
             cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
             de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
-        return r, mr, kk, de
+        return r, mr, t, kk, de
 
     @triton.jit
-    def _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
-                 BR: tl.constexpr, MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
+    def _dh_part(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR,
+                 dm, ds, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr,
+                 MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
         # one tile's K_r^T dE_r
-        r, mr, kk, de = _de_tile(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds,
-                                 ok, mk, ov, mv, BR, MOMENTUM, LOWP)
+        r, mr, t, kk, de = _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N,
+                                    DK, DV, R0, NR, dm, ds, ok, mk, ov, mv, BR, HT, MOMENTUM,
+                                    LOWP)
         return tl.dot(tl.trans(kk), de.to(kk.dtype), input_precision="ieee")
 
     @triton.jit
     def _omega_bwd_dh(
         k_ptr,
+        hk_ptr,
         ae_ptr,
         be_ptr,
         te_ptr,
@@ -1302,6 +1468,8 @@ def _kernels() -> dict:
         dm0_ptr,
         ds0_ptr,
         NT,
+        T,
+        H,
         L,
         N,
         DK,
@@ -1327,20 +1495,22 @@ def _kernels() -> dict:
             j = NT - 1 - jj
             cj = i_bh * NT + j
             cs_off = cj * DK * DV + kv_off
-            tl.store(dme_ptr + cs_off, dm, mask=mkv)
+            tl.store(dme_ptr + cs_off, dm.to(dme_ptr.dtype.element_ty), mask=mkv)
             ae = tl.load(ae_ptr + cj).to(cd)
             dms = ae * dm + tl.load(w_ptr + cs_off, mask=mkv, other=0.0).to(cd)
             if MOMENTUM:
-                tl.store(dse_ptr + cs_off, ds, mask=mkv)
+                tl.store(dse_ptr + cs_off, ds.to(dse_ptr.dtype.element_ty), mask=mkv)
                 be = tl.load(be_ptr + cj).to(cd)
                 te = tl.load(te_ptr + cj).to(cd)
                 dss = be * dm + te * ds + tl.load(ws_ptr + cs_off, mask=mkv, other=0.0).to(cd)
             if L2:
-                dms += _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, N - L, L, dm, ds,
-                                ok, mk, ov, mv, BL, MOMENTUM, LOWP)
+                dms += _dh_part(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N, DK,
+                                DV, N - L, L, dm, ds, ok, mk, ov, mv, BL, False, MOMENTUM,
+                                LOWP)
                 if HALO:
-                    dms += _dh_part(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, 0, N - L, dm,
-                                    ds, ok, mk, ov, mv, BH, MOMENTUM, LOWP)
+                    dms += _dh_part(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N,
+                                    DK, DV, 0, N - L, dm, ds, ok, mk, ov, mv, BH, True,
+                                    MOMENTUM, LOWP)
             if MOMENTUM:
                 ds = dss
             # the anchor output is the start state of the last chunk
@@ -1352,15 +1522,22 @@ def _kernels() -> dict:
             tl.store(ds0_ptr + st_off, ds, mask=mkv)
 
     @triton.jit
-    def _dv_part(k_ptr, v_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, cj, N, DK, DV, R0, NR,
-                 ms, dm, ds, ok, mk, ov, mv, BR: tl.constexpr, MOMENTUM: tl.constexpr,
+    def _dv_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, hdv_ptr,
+                 cj, NT, T, H, L, N, DK, DV, R0, NR, ms, dm, ds, ok, mk, ov, mv,
+                 BR: tl.constexpr, HT: tl.constexpr, MOMENTUM: tl.constexpr,
                  L2: tl.constexpr, LOWP: tl.constexpr):
-        # one tile's dV_r = -dE_r and (l2) E_r = K_r M_s - V_r
-        r, mr, kk, de = _de_tile(k_ptr, ce_ptr, cse_ptr, u_ptr, cj, N, DK, DV, R0, NR, dm, ds,
-                                 ok, mk, ov, mv, BR, MOMENTUM, LOWP)
-        _rows_store(dv_ptr, cj, N, r, mr, ov, mv, DV, -de)
+        # one tile's dV_r = -dE_r (own rows: dV itself; halo rows: the halo buffer) and
+        # (l2) E_r = K_r M_s - V_r
+        r, mr, t, kk, de = _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N,
+                                    DK, DV, R0, NR, dm, ds, ok, mk, ov, mv, BR, HT, MOMENTUM,
+                                    LOWP)
+        if HT:
+            _rows_store(hdv_ptr, cj, N - L, r, mr, ov, mv, DV, -de)
+        else:
+            _tok_store(dv_ptr, cj, NT, T, H, t, mr, ov, mv, DV, -de)
         if L2:
-            vv = _rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(dm.dtype)
+            vv = _tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV,
+                           HT).to(dm.dtype)
             e = tl.dot(kk, ms.to(kk.dtype), input_precision="ieee") - vv
             _rows_store(e_ptr, cj, N, r, mr, ov, mv, DV, e)
 
@@ -1368,6 +1545,8 @@ def _kernels() -> dict:
     def _omega_bwd_dv(
         k_ptr,
         v_ptr,
+        hk_ptr,
+        hv_ptr,
         ce_ptr,
         cse_ptr,
         ms_ptr,
@@ -1376,6 +1555,10 @@ def _kernels() -> dict:
         u_ptr,
         e_ptr,
         dv_ptr,
+        hdv_ptr,
+        NT,
+        T,
+        H,
         L,
         N,
         DK,
@@ -1394,37 +1577,43 @@ def _kernels() -> dict:
         # E = K_I M_s - V_I for _omega_bwd_dqk
         cj = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
-        cd = ms_ptr.dtype.element_ty
+        cd = ce_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         cs_off = cj * DK * DV + kv_off
         dm, ds = _state_pair(dme_ptr, dse_ptr, cs_off, mkv, cd, MOMENTUM)
         ms = dm
         if L2:
             ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        _dv_part(k_ptr, v_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, cj, N, DK, DV, N - L, L,
-                 ms, dm, ds, ok, mk, ov, mv, BL, MOMENTUM, L2, LOWP)
+        _dv_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, hdv_ptr,
+                 cj, NT, T, H, L, N, DK, DV, N - L, L, ms, dm, ds, ok, mk, ov, mv, BL, False,
+                 MOMENTUM, L2, LOWP)
         if HALO:
-            _dv_part(k_ptr, v_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, cj, N, DK, DV, 0,
-                     N - L, ms, dm, ds, ok, mk, ov, mv, BH, MOMENTUM, L2, LOWP)
+            _dv_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr,
+                     hdv_ptr, cj, NT, T, H, L, N, DK, DV, 0, N - L, ms, dm, ds, ok, mk, ov, mv,
+                     BH, True, MOMENTUM, L2, LOWP)
 
     @triton.jit
-    def _dqk_loop(v_ptr, e_ptr, dv_ptr, cj, N, DV, R0, NR, kk, ce, cse, do, ms, dm, ds, ov,
-                  mv, dp, dk, dce, dcse, BR: tl.constexpr, MOMENTUM: tl.constexpr,
-                  L2: tl.constexpr):
+    def _dqk_loop(v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, R0, NR, kk,
+                  ce, cse, do, ms, dm, ds, ov, mv, dp, dk, dce, dcse, BR: tl.constexpr,
+                  HT: tl.constexpr, MOMENTUM: tl.constexpr, L2: tl.constexpr):
         # one tile's share of one Dv block: dP_r, dK_r, dc_end_r, dcS_end_r accumulators
         cd = dm.dtype
         dd = kk.dtype
-        r, mr = _tile(R0, NR, BR)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         if L2:
             e = _rows_load(e_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
         else:
-            e = -_rows_load(v_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+            e = -_tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV, HT).to(cd)
         dp -= tl.dot(do, tl.trans(e).to(dd), input_precision="ieee")
         kdm = tl.dot(kk, dm.to(dd), input_precision="ieee")
         dce -= tl.sum(e * kdm, axis=1)
         dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
-        if L2:
-            de = -_rows_load(dv_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
+        if L2:  # dE = -dV_r (this chunk's share: own rows in dV, halo rows in the buffer)
+            if HT:
+                de = -_rows_load(hdv_ptr, cj, N - L, r, mr, ov, mv, DV).to(cd)
+            else:
+                de = -_tok_load(dv_ptr, dv_ptr, cj, NT, T, H, 0, t, mr, ov, mv, DV,
+                                False).to(cd)
             dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
         if MOMENTUM:
             kds = tl.dot(kk, ds.to(dd), input_precision="ieee")
@@ -1433,17 +1622,22 @@ def _kernels() -> dict:
         return dp, dk, dce, dcse
 
     @triton.jit
-    def _dqk_end(qq, kk, dp, dk, dce, dcse, c_ptr, dk_ptr, dc_ptr, dce_ptr, dcse_ptr, cj, pj,
-                 L, N, DK, R0, NR, ol, ml, ok, mk, BR: tl.constexpr, MOMENTUM: tl.constexpr):
-        # one tile after the Dv loop: stores dK_r, dC[:, r] (Dk-block partial), dc_end_r,
-        # dcS_end_r; returns its dQK_r K_r share of dQ
+    def _dqk_end(qq, kk, dp, dk, dce, dcse, c_ptr, dk_ptr, hdk_ptr, dc_ptr, dce_ptr, dcse_ptr,
+                 cj, pj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk, BR: tl.constexpr,
+                 HT: tl.constexpr, MOMENTUM: tl.constexpr):
+        # one tile after the Dv loop: stores dK_r (own rows: dK itself; halo rows: the halo
+        # buffer), dC[:, r] (Dk-block partial), dc_end_r, dcS_end_r; returns its dQK_r K_r
+        # share of dQ
         cd = dp.dtype
         dd = qq.dtype
-        r, mr = _tile(R0, NR, BR)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N).to(cd)
         dqk = cc * dp
         dk += tl.dot(tl.trans(dqk).to(dd), qq, input_precision="ieee")
-        _rows_store(dk_ptr, cj, N, r, mr, ok, mk, DK, dk)
+        if HT:
+            _rows_store(hdk_ptr, cj, N - L, r, mr, ok, mk, DK, dk)
+        else:
+            _tok_store(dk_ptr, cj, NT, T, H, t, mr, ok, mk, DK, dk)
         qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
         _rows_store(dc_ptr, pj, L, ol, ml, r, mr, N, dp * qk)
         tl.store(dce_ptr + pj * N + r, dce, mask=mr)
@@ -1456,6 +1650,8 @@ def _kernels() -> dict:
         q_ptr,
         k_ptr,
         v_ptr,
+        hk_ptr,
+        hv_ptr,
         a_ptr,
         c_ptr,
         bm_ptr,
@@ -1468,8 +1664,10 @@ def _kernels() -> dict:
         do_ptr,
         e_ptr,
         dv_ptr,
+        hdv_ptr,
         dq_ptr,
         dk_ptr,
+        hdk_ptr,
         da_ptr,
         dc_ptr,
         dbm_ptr,
@@ -1479,6 +1677,9 @@ def _kernels() -> dict:
         dce_ptr,
         dcse_ptr,
         NC,
+        NT,
+        T,
+        H,
         L,
         N,
         DK,
@@ -1499,14 +1700,16 @@ def _kernels() -> dict:
         cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT] (NC of them)
         i_k = tl.program_id(1).to(tl.int64)
         pj = i_k * NC + cj  # chunk index in the per-Dk-block partials
-        cd = ms_ptr.dtype.element_ty
+        cd = a_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         ok = i_k * BK + tl.arange(0, BK)
         ml = ol < L
         mk = ok < DK
-        r_o, mr_o = _tile(N - L, L, BL)
-        kk_o = _rows_load(k_ptr, cj, N, r_o, mr_o, ok, mk, DK).to(dd)
+        tq = (cj % NT).to(tl.int32) * L + ol
+        r_o, mr_o, t_o = _tok_rows(cj, NT, L, N, N - L, L, BL)
+        kk_o = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t_o, mr_o, ok, mk, DK,
+                         False).to(dd)
         ce_o = tl.load(ce_ptr + cj * N + r_o, mask=mr_o, other=0.0).to(cd)
         cse_o = ce_o
         if MOMENTUM:
@@ -1516,8 +1719,9 @@ def _kernels() -> dict:
         dce_o = tl.zeros([BL], dtype=cd)
         dcse_o = tl.zeros([BL], dtype=cd)
         if HALO:
-            r_h, mr_h = _tile(0, N - L, BH)
-            kk_h = _rows_load(k_ptr, cj, N, r_h, mr_h, ok, mk, DK).to(dd)
+            r_h, mr_h, t_h = _tok_rows(cj, NT, L, N, 0, N - L, BH)
+            kk_h = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t_h, mr_h, ok, mk, DK,
+                             True).to(dd)
             ce_h = tl.load(ce_ptr + cj * N + r_h, mask=mr_h, other=0.0).to(cd)
             cse_h = ce_h
             if MOMENTUM:
@@ -1526,7 +1730,7 @@ def _kernels() -> dict:
             dk_h = tl.zeros([BH, BK], dtype=cd)
             dce_h = tl.zeros([BH], dtype=cd)
             dcse_h = tl.zeros([BH], dtype=cd)
-        tq = tl.zeros([BL, BK], dtype=cd)  # dO M_s^T
+        tq_acc = tl.zeros([BL, BK], dtype=cd)  # dO M_s^T
         ts = tl.zeros([BL, BK], dtype=cd)  # dO S_s^T
         dae = tl.zeros([BK], dtype=cd)
         dbe = tl.zeros([BK], dtype=cd)
@@ -1536,10 +1740,10 @@ def _kernels() -> dict:
             mv = ov < DV
             mkv = mk[:, None] & mv[None, :]
             st_off = cj * DK * DV + ok[:, None] * DV + ov[None, :]
-            do = _rows_load(do_ptr, cj, L, ol, ml, ov, mv, DV).to(dd)
+            do = _tok_load(do_ptr, do_ptr, cj, NT, T, H, 0, tq, ml, ov, mv, DV, False).to(dd)
             ms = tl.load(ms_ptr + st_off, mask=mkv, other=0.0).to(cd)
             dm = tl.load(dme_ptr + st_off, mask=mkv, other=0.0).to(cd)
-            tq += tl.dot(do, tl.trans(ms).to(dd), input_precision="ieee")
+            tq_acc += tl.dot(do, tl.trans(ms).to(dd), input_precision="ieee")
             dae += tl.sum(dm * ms, axis=1)
             ds = dm
             if MOMENTUM:
@@ -1549,20 +1753,24 @@ def _kernels() -> dict:
                 dbe += tl.sum(dm * ss, axis=1)
                 dte += tl.sum(ds * ss, axis=1)
             dp_o, dk_o, dce_o, dcse_o = _dqk_loop(
-                v_ptr, e_ptr, dv_ptr, cj, N, DV, N - L, L, kk_o, ce_o, cse_o, do, ms, dm, ds,
-                ov, mv, dp_o, dk_o, dce_o, dcse_o, BL, MOMENTUM, L2)
+                v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, N - L, L, kk_o,
+                ce_o, cse_o, do, ms, dm, ds, ov, mv, dp_o, dk_o, dce_o, dcse_o, BL, False,
+                MOMENTUM, L2)
             if HALO:
                 dp_h, dk_h, dce_h, dcse_h = _dqk_loop(
-                    v_ptr, e_ptr, dv_ptr, cj, N, DV, 0, N - L, kk_h, ce_h, cse_h, do, ms, dm,
-                    ds, ov, mv, dp_h, dk_h, dce_h, dcse_h, BH, MOMENTUM, L2)
-        qq = _rows_load(q_ptr, cj, L, ol, ml, ok, mk, DK).to(dd)
+                    v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, 0, N - L,
+                    kk_h, ce_h, cse_h, do, ms, dm, ds, ov, mv, dp_h, dk_h, dce_h, dcse_h, BH,
+                    True, MOMENTUM, L2)
+        qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-        dq = aa[:, None] * tq
-        dq += _dqk_end(qq, kk_o, dp_o, dk_o, dce_o, dcse_o, c_ptr, dk_ptr, dc_ptr, dce_ptr,
-                       dcse_ptr, cj, pj, L, N, DK, N - L, L, ol, ml, ok, mk, BL, MOMENTUM)
+        dq = aa[:, None] * tq_acc
+        dq += _dqk_end(qq, kk_o, dp_o, dk_o, dce_o, dcse_o, c_ptr, dk_ptr, hdk_ptr, dc_ptr,
+                       dce_ptr, dcse_ptr, cj, pj, NT, T, H, L, N, DK, N - L, L, ol, ml, ok, mk,
+                       BL, False, MOMENTUM)
         if HALO:
-            dq += _dqk_end(qq, kk_h, dp_h, dk_h, dce_h, dcse_h, c_ptr, dk_ptr, dc_ptr, dce_ptr,
-                           dcse_ptr, cj, pj, L, N, DK, 0, N - L, ol, ml, ok, mk, BH, MOMENTUM)
+            dq += _dqk_end(qq, kk_h, dp_h, dk_h, dce_h, dcse_h, c_ptr, dk_ptr, hdk_ptr, dc_ptr,
+                           dce_ptr, dcse_ptr, cj, pj, NT, T, H, L, N, DK, 0, N - L, ol, ml, ok,
+                           mk, BH, True, MOMENTUM)
         qf = qq.to(cd)
         if MOMENTUM:
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
@@ -1570,8 +1778,8 @@ def _kernels() -> dict:
             tl.store(dbm_ptr + pj * L + ol, tl.sum(qf * ts, axis=1), mask=ml)
             tl.store(dbe_ptr + pj, tl.sum(dbe))
             tl.store(dte_ptr + pj, tl.sum(dte))
-        _rows_store(dq_ptr, cj, L, ol, ml, ok, mk, DK, dq)
-        tl.store(da_ptr + pj * L + ol, tl.sum(qf * tq, axis=1), mask=ml)
+        _tok_store(dq_ptr, cj, NT, T, H, tq, ml, ok, mk, DK, dq)
+        tl.store(da_ptr + pj * L + ol, tl.sum(qf * tq_acc, axis=1), mask=ml)
         tl.store(dae_ptr + pj, tl.sum(dae))
 
     @triton.jit
