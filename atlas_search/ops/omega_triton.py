@@ -378,10 +378,11 @@ def gpu_hazard(dk: int, dv: int, c: int, capability: tuple[int, int], triton_ver
     (README, Performance):
 
     * ``max(Dk, Dv) > 64`` with a window ``c > 1``: at ``Dk = Dv = 128, c = 16`` a fwd+bwd
-      faulted with an illegal address in some processes and not in others (Triton 3.6.0 and
-      3.7.1, first configs), while the same kernels' address arithmetic is in bounds under
-      the interpreter with the compiled block sizes. Refused for every backend (a fault
-      kills the CUDA context) unless ``ATLAS_TRITON_UNSAFE=1``.
+      of the earlier head-major kernels faulted with an illegal address in some processes
+      and not in others (Triton 3.6.0 and 3.7.1, first configs). The token-major kernels
+      ran it cleanly under ``compute-sanitizer`` at ``B, T, H = 1, 256, 2`` and matched the
+      float64 torch backend at ``T = 512``, but not yet at the benchmark's shape. Refused
+      for every backend (a fault kills the CUDA context) unless ``ATLAS_TRITON_UNSAFE=1``.
     * sm_90 with Triton 3.4.0 <= version < 3.7.1: that range miscompiles ``tl.trans`` of a
       ``tl.dot`` result on Hopper (flash-linear-attention #640, which refuses it too); the
       backward here uses that pattern, and with Triton 3.6.0 a 4-warp config of the output
@@ -432,6 +433,7 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b) if momentum else None
     if not momentum:  # the coefficients and their chunk ends in one kernel
         cum_a, c_m, c_end, a_end = _GdCoeffs.apply(al, et, gw, (t_len - 1) % b)
+        bm = bm_end = th_end = cs_end = None
     else:
         wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
         cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
@@ -448,13 +450,8 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
             return x.gather(3, lin).squeeze(3)
 
         c_end, a_end = end_row(c_m), end(cum_a)
-    if momentum:
-        extra = (b_m, end(b_m), end(cum_th), end_row(c_s))
-        s0 = st.momentum
-    else:
-        extra = (None, None, None, None)
-        s0 = None
-    bm, bm_end, th_end, cs_end = extra
+        bm, bm_end, th_end, cs_end = b_m, end(b_m), end(cum_th), end_row(c_s)
+    s0 = st.momentum if momentum else None
     m0 = st.memory
     o, m_fin, s_fin, m_anchor = _ChunkScan.apply(
         _tokens(q),
@@ -877,10 +874,18 @@ def _geometry(q: Tensor, a: Tensor, ce: Tensor) -> tuple[int, ...]:
     return a.shape[0], a.shape[1], q.shape[1], q.shape[2], a.shape[2], ce.shape[2]
 
 
+def _halo_args(k: Tensor, v: Tensor, hk: Tensor | None, hv: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+    """The halo pointers of a launch: ``hk, hv``, or ``k, v`` as never-read stand-ins when
+    there is no halo (``c = 1``)."""
+    return (k, v) if hk is None else (hk, hv)
+
+
 def _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0, mom, l2):
-    """``_omega_states``: the sequential scan over chunks. Returns ``M_end, S_end``, the
-    chunk-start states ``Ms, Ss [BH, NT, Dk, Dv]`` (:func:`_buffer_dtype`; ``Ss`` is
-    ``Ms`` for gd) and the start state of the last chunk (computation dtype)."""
+    """``_omega_states``: the sequential scan over chunks (``hk, hv``: see
+    :func:`_halo_args`). Returns ``M_end, S_end``, the chunk-start states ``Ms, Ss [BH, NT,
+    Dk, Dv]`` (:func:`_buffer_dtype`; ``Ss`` is ``Ms`` for gd) and the start state of the
+    last chunk (computation dtype)."""
     bh, nt, t_len, nh, b, n = _geometry(k, a, ce)
     dk, dv = k.shape[-1], v.shape[-1]
     cd, dev = m0.dtype, k.device
@@ -894,8 +899,8 @@ def _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0, mom, l2):
     args = (
         k,
         v,
-        k if hk is None else hk,
-        v if hv is None else hv,
+        hk,
+        hv,
         ae,
         be if mom else dummy,
         te if mom else dummy,
@@ -929,11 +934,12 @@ def _launch_forward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, mom,
         kern = _kernels()
         bh, nt, t_len, nh, b, n = _geometry(q, a, ce)
         dk, dv = q.shape[-1], v.shape[-1]
+        hk, hv = _halo_args(k, v, hk, hv)
         mf, sf, ms, ss, man = _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0,
                                              s0, mom, l2)
         o = _empty((*q.shape[:3], dv), q.dtype, q.device)
-        args = (q, k, v, k if hk is None else hk, v if hv is None else hv, a, c,
-                bm if mom else a, ms, ss, o, nt, t_len, nh, b, n, dk, dv)
+        args = (q, k, v, hk, hv, a, c, bm if mom else a, ms, ss, o, nt, t_len, nh, b, n, dk,
+                dv)
         consts = _consts(b, n, dk, mom, l2, _lowp(q, kern["interpret"]))
         _call(kern, "out", bh * nt, dk, dv, args, consts)
     except Exception as exc:
@@ -958,11 +964,11 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
         hl = n - b
         nc = bh * nt
         cd, dev = m0.dtype, q.device
-        _, _, ms, ss, _ = _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0,
+        hk_, hv_ = _halo_args(k, v, hk, hv)
+        _, _, ms, ss, _ = _launch_states(kern, k, v, hk_, hv_, a, ae, be, te, ce, cse, m0, s0,
                                          mom, l2)
         bd = ms.dtype
         dummy = a
-        hk_, hv_ = (k, v) if hk is None else (hk, hv)
         geo = (nt, t_len, nh, b, n, dk, dv)
         consts = _consts(b, n, dk, mom, l2, _lowp(q, kern["interpret"]))
 
