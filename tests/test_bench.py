@@ -540,14 +540,17 @@ def test_config_check_needs_cuda_and_skips_refused_shapes():
 @pytest.mark.parametrize("window", [1, 4])
 def test_torch_bytes_gd_coefficients_stay_out_of_torch(window):
     """The Triton path's torch side (kernels stubbed): the gd dual-form coefficients are
-    built and differentiated by the coefficient kernels, so no torch op builds or
-    differentiates a decay matrix; what torch still reads is a few passes over q, k, v."""
+    built and differentiated by the coefficient kernels from the gates as given (no torch
+    op pads, windows, builds or differentiates them), and q, k, v are read in place: what
+    torch still reads is the initial state's conversion and, for c > 1, the halo rows'
+    gradients added into their tokens: under one pass over q, k, v."""
     from atlas_search.bench.torch_bytes import measure
 
     res = measure(head_dim=16, window=window, t=256, tokens=256, width=64, chunk=16)
     for phase in ("fwd", "fwd_bwd"):
         ops = set(res[phase]["by_op"])
         assert not ops & {"aten::cumprod", "aten::cumprod_backward", "aten::masked_fill",
-                          "aten::gather", "aten::gather_backward", "aten::bmm"}, ops
+                          "aten::gather", "aten::gather_backward", "aten::bmm",
+                          "aten::constant_pad_nd", "aten::cat", "aten::unfold_backward"}, ops
     qkv = 3 * 256 * 64 * 2 / 1e9  # q, k, v in fp16, GB
-    assert 0 < res["fwd"]["gb"] < 2.5 * qkv and res["fwd_bwd"]["gb"] < 8 * qkv, res
+    assert res["fwd"]["gb"] < 0.1 * qkv and res["fwd_bwd"]["gb"] < qkv, res

@@ -180,10 +180,11 @@ def test_state_kernel_writes_every_chunk_start(mom, l2):
 
 def _pieces(device, backends, lengths, opt, c, b, dtype=F64):
     """Run the sequence in pieces (backend i % len) and return o, final state and the
-    gradients of q, k, v, alpha and M_0 through the whole chain."""
+    gradients of q, k, v, alpha, gamma and M_0 through the whole chain (gamma's through
+    the halo gammas the state carries too)."""
     d = make_inputs(1, sum(lengths), 1, 5, 7)
     leaves = {n: d[n].to(device=device, dtype=dtype).requires_grad_()
-              for n in ("q", "k", "v", "alpha", "m0")}
+              for n in ("q", "k", "v", "alpha", "gamma", "m0")}
     st = leaves["m0"]
     outs, pos = [], 0
     for i, n in enumerate(lengths):
@@ -191,7 +192,7 @@ def _pieces(device, backends, lengths, opt, c, b, dtype=F64):
         o, st = omega_linear(
             leaves["q"][:, sl], leaves["k"][:, sl], leaves["v"][:, sl],
             alpha=leaves["alpha"][:, sl], eta=d["eta"][:, sl].to(device, dtype),
-            gamma=d["gamma"][:, sl].to(device, dtype),
+            gamma=leaves["gamma"][:, sl],
             theta=None if opt == "gd" else d["theta"][:, sl].to(device, dtype),
             window=c, chunk_size=b, optimizer=opt, objective="l2", initial_state=st,
             backend=backends[i % len(backends)],
@@ -291,6 +292,29 @@ def test_backward_kernel_error_recomputes_in_torch(monkeypatch):
     with pytest.warns(RuntimeWarning, match="recomputed"):
         got = run_case("triton", F64, "cpu", "momentum", "l2", 3, 4, make_inputs(*SHAPE))
     check(ref, got, F64)
+
+
+@pytest.mark.skipif(CUDA and not INTERP, reason="CUDA machine: runs in the subprocess")
+@pytest.mark.parametrize("window", [3, 8])
+def test_coefficient_backward_error_recomputes_in_torch(monkeypatch, window):
+    """A failing ``_coef_bwd`` warns once and the gate gradients (the halo gammas of a
+    continued state included; c = 8 > b takes the general halo fold) come from torch
+    autograd through ``_gate_blocks``: equal to one reference call."""
+    real = omega_triton._call_plain
+
+    def broken(kern, name, *a, **k):
+        if name == "coef_bwd":
+            raise RuntimeError("simulated")
+        return real(kern, name, *a, **k)
+
+    monkeypatch.setattr(omega_triton, "_call_plain", broken)
+    ref = _pieces("cpu", ["reference"], [21], "gd", window, 4)
+    n0 = omega_triton.stats["backward"]
+    with pytest.warns(RuntimeWarning, match="coefficient backward kernel failed"):
+        got = _pieces("cpu", ["triton"], [8, 13], "gd", window, 4)
+    assert omega_triton.stats["backward"] == n0 + 2
+    for n in ref:
+        assert n == "pos" or rel_err(ref[n], got[n]) <= 1e-10, n
 
 
 @pytest.mark.parametrize("backend,opt", [

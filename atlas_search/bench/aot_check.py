@@ -42,6 +42,7 @@ COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (one launch config: 8 
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
 _IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "hk_ptr", "hv_ptr", "o_ptr", "do_ptr", "dq_ptr",
                   "dk_ptr", "dv_ptr")  # the token-major tensors; else fp32
+_GATE_ARGS = ("al_ptr", "et_ptr", "ga_ptr", "hg_ptr", "dal_ptr", "det_ptr")  # coef kernels
 _TL = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
@@ -144,19 +145,21 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
 
     fn = kern[name]
     if name in COEF:
-        consts = {"BL": ot._np2(var.chunk), "BN": ot._np2(var.rows)}
+        consts = ot._coef_consts(var.chunk, var.rows)
     else:
         consts = {**ot._consts(var.chunk, var.rows, var.head_dim, var.momentum, var.l2,
                                var.dtype != "float32"),
                   "BK": _block(ot, name, var.head_dim), "BV": bv}
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     in_dtype = _IN_DTYPE_ARGS
+    if name in COEF:  # the gates and their gradients (gamma's in fp32 when halo rows add in)
+        in_dtype = _GATE_ARGS + (("dga_ptr",) if var.window == 1 else ())
     sig = {}
     for a in fn.arg_names:
         if a in consts:
             sig[a] = "constexpr"
         elif a.endswith("_ptr"):
-            sig[a] = "*" + (_TL[var.dtype] if a in in_dtype and name not in COEF else "fp32")
+            sig[a] = "*" + (_TL[var.dtype] if a in in_dtype else "fp32")
         else:
             sig[a] = "i32"
     row = Row(name, var.dtype, "momentum" if var.momentum else "gd", var.head_dim, var.chunk,

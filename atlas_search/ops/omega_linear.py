@@ -178,26 +178,28 @@ def omega_linear(
     gshape = q.shape[:3]
     if alpha is None:
         alpha = q.new_ones(gshape)
-    if theta is None:
-        if optimizer != "gd":
-            raise ValueError(f"theta is required for optimizer {optimizer!r}")
-        theta = q.new_ones(gshape)  # unused by gd
+    if theta is None and optimizer != "gd":
+        raise ValueError(f"theta is required for optimizer {optimizer!r}")
     for name, g in (("alpha", alpha), ("eta", eta), ("gamma", gamma), ("theta", theta)):
-        if g is None or tuple(g.shape) != tuple(gshape):
+        if (g is None and name != "theta") or (g is not None and g.shape != gshape):
             raise ValueError(f"gate {name} must have shape {tuple(gshape)}")
 
     st = _initial_state(initial_state, q, v, window, optimizer)
-    args = [x.transpose(1, 2) for x in (q, k, v, alpha, eta, gamma, theta)]
+    args = [x.transpose(1, 2) for x in (q, k, v, alpha, eta, gamma)]
+    th = None if theta is None else theta.transpose(1, 2)  # None: gd (the kernels skip it)
     res = None
     if backend in ("triton", "auto"):
         from . import omega_triton  # (imports no triton until a kernel is needed)
 
-        res = omega_triton.run(backend, *args, st, window, chunk_size, optimizer, objective)
+        res = omega_triton.run(backend, *args, th, st, window, chunk_size, optimizer,
+                               objective)
     if res is not None:
         o, st = res
     else:
+        if th is None:
+            th = q.new_ones(gshape).transpose(1, 2)  # unused by gd
         run = _omega_reference if backend == "reference" else _omega_torch
-        o, st = run(*args, st, window, chunk_size, optimizer, objective, ns_steps)
+        o, st = run(*args, th, st, window, chunk_size, optimizer, objective, ns_steps)
     state = OmegaState(
         st.memory,
         st.momentum,
@@ -219,6 +221,8 @@ def _new_halo(halo: Tensor, x: Tensor) -> Tensor:
     """Last ``window-1`` tokens of ``cat(halo, x)`` along the time dim (dim 2), as a new
     tensor of that size (no copy of all of ``x``, and the state keeps none of it alive)."""
     hl, t = halo.shape[2], x.shape[2]
+    if hl == 0:
+        return halo  # empty (window 1): nothing to keep
     if t >= hl:
         return x[:, :, t - hl :].clone()
     return torch.cat([halo[:, :, t:], x], dim=2)

@@ -6,8 +6,8 @@ size ``b >= 1``, retention ``alpha`` and any ``T`` (a partial last chunk include
 
 Split of the work (the same maths as ``omega_linear._omega_torch``):
 
-* **PyTorch** pads the sequence to ``NT = ceil(T / b)`` chunks of ``b`` tokens and builds
-  the small per-chunk coefficient tensors from the gates exactly as ``_omega_torch`` does
+* **PyTorch** (momentum) pads the sequence to ``NT = ceil(T / b)`` chunks of ``b`` tokens
+  and builds the small per-chunk coefficient tensors from the gates as ``_omega_torch`` does
   (``cumprod``, ``_decay_matrix``, the band mask ``W[n, i] = gamma_i [i in window(n)]``,
   times ``eta``): ``A [b]``, ``C`` (gd) or ``C_M`` (momentum) ``[b, N]`` with
   ``N = b + c - 1``, ``Bm [b]``, and the chunk-end coefficients ``A_end, Bm_end, Th_end``
@@ -15,13 +15,16 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
   token of each chunk (padding with ``alpha = 1, eta = 0`` is not a no-op for momentum,
   ``M_t = alpha M + S_t``, so the partial last chunk is handled by this gather, not by the
   padding). Gate gradients come from torch autograd through these constructions. For gd
-  (any ``c``) two Triton kernels do this instead (:class:`_GdCoeffs`: ``_coef_fwd`` builds
-  ``A``, ``C``, ``A_end``, ``c_end`` per chunk in registers, ``_coef_bwd`` maps their
-  gradients back to ``alpha``, ``eta`` and the window gammas exactly, with no division by a
-  gate): the torch passes over ``[B, H, NT, b, N]`` tensors and their autograd were most of
-  the torch-side traffic (:mod:`atlas_search.bench.torch_bytes`: at the benchmark's
-  D = 64, T = 2k, 32k tokens, the bytes read by torch ops per fwd+bwd fell from 7.1 GB to
-  1.7 GB at c = 1 and from 9.8 GB to 2.2 GB at c = 16). No copy of ``q, k, v`` is
+  (any ``c``) two Triton kernels do this instead (:class:`_GdCoeffs`: ``_coef_fwd`` reads
+  ``alpha, eta, gamma`` in the caller's ``[B, T, H]`` layout and builds ``A``, ``C``,
+  ``A_end``, ``c_end`` per chunk in registers, ``_coef_bwd`` maps their gradients back to
+  the gates exactly, with no division by a gate, and writes them token-major): no torch op
+  pads, converts, windows or differentiates a gate, so the torch side of a gd call is a
+  handful of allocations and views (:mod:`atlas_search.bench.torch_bytes`: at the
+  benchmark's D = 64, T = 2k, 32k tokens, the bytes read by torch ops per fwd+bwd went
+  from 7.1 GB (torch coefficients) to 0.09 GB (coefficient kernels) to 0.02 GB at c = 1,
+  and from 9.8 to 0.94 to 0.28 GB at c = 16), which matters on a GPU as launches: each
+  torch op is host time the short kernels do not hide. No copy of ``q, k, v`` is
   made: the kernels read them, and write ``O``, ``dQ``, ``dK``, ``dV``, in the caller's
   token-major ``[B, T, H, D]`` layout (the one the model's projections give; any other
   layout is copied into it once). Window row ``r`` of chunk ``j`` is token
@@ -147,8 +150,9 @@ Choices:
   ``backend="triton"`` runs the kernels in the interpreter, for CPU (and CUDA) tensors.
   A process that imported triton in one mode and asks for the other falls back (warning).
 * Debugging: set ``omega_triton.NAN_FILL = True`` (or the environment variable
-  ``ATLAS_TRITON_NAN_FILL=1``) to allocate every kernel output buffer with NaN, so memory
-  a kernel forgets to write is caught. ``stats`` counts successful kernel passes:
+  ``ATLAS_TRITON_NAN_FILL=1`` before the import) to allocate every kernel output buffer
+  with NaN, so memory a kernel forgets to write is caught. ``stats`` counts successful
+  kernel passes:
   ``forward`` +1 per forward (states + output), ``backward`` +1 per backward (its state
   recomputation included, not counted as a forward).
 * No double backward (the Function is ``once_differentiable``).
@@ -172,7 +176,10 @@ from .omega_linear import (
     _with_halo,
 )
 
-NAN_FILL = False
+_TRUE = ("1", "true", "on", "yes")
+NAN_FILL = os.environ.get("ATLAS_TRITON_NAN_FILL", "0").strip().lower() in _TRUE
+"""Allocate every kernel output buffer filled with NaN (debugging: memory a kernel fails to
+write shows up as NaN); set it, or ``ATLAS_TRITON_NAN_FILL=1`` before the import."""
 AUTOTUNE = True
 """On CUDA, autotune each kernel over a few ``BV`` x ``num_warps`` configs (a compile per
 config and shape). ``False`` (or the environment variable ``ATLAS_TRITON_AUTOTUNE=0``)
@@ -187,7 +194,6 @@ kilobytes of registers per thread at ``Dk = 64`` (:mod:`atlas_search.bench.aot_c
 MAX_DK = 256
 MAX_WINDOW_ROWS = 256  # b + c - 1
 INTERPRET_BV = 16
-_TRUE = ("1", "true", "on", "yes")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 stats = {"forward": 0, "backward": 0}  # successful kernel passes (tests check the path ran)
@@ -220,12 +226,8 @@ def _autotune() -> bool:
     return AUTOTUNE and os.environ.get("ATLAS_TRITON_AUTOTUNE", "1").strip().lower() in _TRUE
 
 
-def _nan_fill() -> bool:
-    return NAN_FILL or os.environ.get("ATLAS_TRITON_NAN_FILL", "0").strip().lower() in _TRUE
-
-
 def _empty(shape, dtype, device) -> Tensor:
-    if _nan_fill():
+    if NAN_FILL:
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     return torch.empty(shape, dtype=dtype, device=device)
 
@@ -417,24 +419,25 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     bsz, nh, t_len = q.shape[:3]
     hl = c - 1
     nt = -(-t_len // b)
-    pad = nt * b - t_len
     n = b + hl
     cd = torch.float64 if q.dtype == torch.float64 else torch.float32
     momentum = optimizer == "momentum"
-
-    def tpad(x: Tensor) -> Tensor:  # zero-pad the time dim (2) to NT * b, no copy if whole
-        return x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
-
-    gx = _with_halo(st.halo_gamma, tpad(gamma)).to(cd)
-    gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N] (small: the gates)
-    al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
-    et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
-
-    th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b) if momentum else None
-    if not momentum:  # the coefficients and their chunk ends in one kernel
-        cum_a, c_m, c_end, a_end = _GdCoeffs.apply(al, et, gw, (t_len - 1) % b)
+    if not momentum:  # the coefficients and their chunk ends in one kernel, from the gates
+        hg = _flat(st.halo_gamma) if hl else None
+        coef = _GdCoeffs.apply(_tokens(alpha), _tokens(eta), _tokens(gamma), hg, b, n, cd)
+        cum_a, c_m, c_end, a_end = coef
         bm = bm_end = th_end = cs_end = None
     else:
+        pad = nt * b - t_len
+
+        def tpad(x: Tensor) -> Tensor:  # zero-pad the time dim (2) to NT * b
+            return x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
+
+        gx = _with_halo(st.halo_gamma, tpad(gamma)).to(cd)
+        gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N] (small: the gates)
+        al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
+        et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
+        th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
         wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
         cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
         # the last real token of every chunk
@@ -449,8 +452,9 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
         def end_row(x: Tensor) -> Tensor:
             return x.gather(3, lin).squeeze(3)
 
-        c_end, a_end = end_row(c_m), end(cum_a)
-        bm, bm_end, th_end, cs_end = b_m, end(b_m), end(cum_th), end_row(c_s)
+        coef = [_flat(x) for x in (cum_a, c_m, b_m, end_row(c_m), end(cum_a), end(b_m),
+                                   end(cum_th), end_row(c_s))]
+        cum_a, c_m, bm, c_end, a_end, bm_end, th_end, cs_end = coef
     s0 = st.momentum if momentum else None
     m0 = st.memory
     o, m_fin, s_fin, m_anchor = _ChunkScan.apply(
@@ -515,12 +519,19 @@ def _fold_halo(d_tok: Tensor, d_halo: Tensor, b: int, nh: int) -> tuple[Tensor, 
     rows before the sequence form the gradient of the initial halo ``[B, H, HL, D]``."""
     bh, nt, hl, d = d_halo.shape
     bsz = bh // nh
+    src = d_halo.reshape(bsz, nh, nt * hl, d)
+    if hl <= b:  # chunk 0's halo rows are all before the sequence, chunk j's (j >= 1) are
+        # the last hl tokens of chunk j - 1: one strided add, no index tensors
+        src = src.view(bsz, nh, nt, hl, d)
+        if nt > 1:
+            body = d_tok[:, : (nt - 1) * b].view(bsz, nt - 1, b, nh, d)[:, :, b - hl :]
+            body += src[:, :, 1:].permute(0, 2, 3, 1, 4).to(d_tok.dtype)
+        return d_tok, src[:, :, 0]
     dev = d_tok.device
     # built on the device (no host-to-device copy, no sync); rows of the other kind are
     # added as zeros at a clamped index
     tok = (torch.arange(nt, device=dev)[:, None] * b - hl
            + torch.arange(hl, device=dev)[None, :]).reshape(-1)
-    src = d_halo.reshape(bsz, nh, nt * hl, d)
     inside = (tok >= 0).to(src.dtype)[:, None]
     rows = (src * inside).transpose(1, 2).to(d_tok.dtype)
     d_tok.index_add_(1, tok.clamp(min=0), rows)
@@ -540,59 +551,93 @@ def _flat(x: Tensor | None, dtype=None) -> Tensor | None:
 class _GdCoeffs(torch.autograd.Function):
     """gd: the dual-form coefficients of :func:`omega_linear._dual_coeffs` and their
     chunk-end values in one Triton kernel per direction (``_coef_fwd``, ``_coef_bwd``),
-    instead of torch passes over ``[.., b, N]`` tensors and their autograd. Inputs ``al, et
-    [B, H, NT, b]`` (retention and eta, padded), ``gw [B, H, NT, N]`` (gamma of each
-    chunk's ``N = b + c - 1`` window rows), ``last``: the index of the last real token of
-    the final chunk. Returns ``A [B, H, NT, b]`` (``cumprod(a)``), ``C [B, H, NT, b, N]``
-    (``Dec_a diag(eta) W``), ``C[last] [B, H, NT, N]`` and ``A[last] [B, H, NT]``, ``last
-    = b - 1`` except in the final chunk. Both directions are scans down the chunk's rows
-    (``_coef_rows``; the backward is their adjoint), with no matrix product and no division
-    by a gate: exact for tiny or zero gates, like the torch construction."""
+    instead of torch passes over ``[.., b, N]`` tensors and their autograd. Inputs: the
+    gates ``al, et, ga [B, T, H]`` (retention, eta, gamma; token-major contiguous, any float
+    dtype), the halo gammas ``hg [B*H, c-1]`` before the sequence (``None`` for ``c = 1``),
+    the chunk size ``b``, ``N = b + c - 1`` and the computation dtype ``cd``; the kernels
+    read the gates in place (no padded or windowed copies; :func:`_gate_blocks` is their
+    torch twin; the forward kernel also writes them padded, per chunk, for the backward).
+    Returns, flat over ``B*H`` in ``cd``: ``A [NT, b]`` (``cumprod(a)``),
+    ``C [NT, b, N]`` (``Dec_a diag(eta) W``), ``C[last] [NT, N]`` and ``A[last] [NT]``,
+    ``last = b - 1`` except in the final chunk. Both directions are scans down the chunk's
+    rows (``_coef_scan``; the backward is their adjoint), with no matrix product and no
+    division by a gate: exact for tiny or zero gates, like the torch construction. The
+    backward writes the gate gradients token-major in the gates' dtypes; the halo rows'
+    gamma gradients are added into their tokens by :func:`_fold_halo`."""
 
     @staticmethod
-    def forward(ctx, al, et, gw, last):
-        bsz, nh, nt, b = al.shape
-        n = gw.shape[-1]
-        a_f, e_f, g_f = _flat(al), _flat(et), _flat(gw)
-        cm = _empty((bsz * nh, nt, b, n), al.dtype, al.device)
-        cum = torch.empty_like(a_f)
-        ce = _empty((bsz * nh, nt, n), al.dtype, al.device)
-        ae = _empty((bsz * nh, nt), al.dtype, al.device)
+    def forward(ctx, al, et, ga, hg, b, n, cd):
+        bsz, t_len, nh = al.shape
+        bh, nt, dev = bsz * nh, -(-t_len // b), al.device
+        cm = _empty((bh, nt, b, n), cd, dev)
+        cum = _empty((bh, nt, b), cd, dev)
+        ce = _empty((bh, nt, n), cd, dev)
+        ae = _empty((bh, nt), cd, dev)
+        gates = (_empty((bh, nt, b), cd, dev), _empty((bh, nt, b), cd, dev),
+                 _empty((bh, nt, n), cd, dev))  # padded al, et and window gammas
         try:
-            _call_plain(_kernels(), "coef_fwd", bsz * nh * nt,
-                        (a_f, e_f, g_f, cm, cum, ce, ae, nt, b, n, last),
-                        dict(BL=_np2(b), BN=_np2(n)))
+            _call_plain(_kernels(), "coef_fwd", bh * nt,
+                        (al, et, ga, al if hg is None else hg, cm, cum, ce, ae, *gates, nt,
+                         t_len, nh, b, n), _coef_consts(b, n))
         except Exception as exc:
             raise _KernelError(str(exc)) from exc
-        ctx.save_for_backward(a_f, e_f, g_f)
-        ctx.meta = (bsz, nh, last)
-        return (cum.view(bsz, nh, nt, b), cm.view(bsz, nh, nt, b, n),
-                ce.view(bsz, nh, nt, n), ae.view(bsz, nh, nt))
+        ctx.save_for_backward(al, et, ga, hg, *gates)
+        ctx.meta = (b, n, cd)
+        return cum, cm, ce, ae
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dcum, dcm, dce, dae):
-        a_f, e_f, g_f = ctx.saved_tensors
-        bsz, nh, last = ctx.meta
-        bh, nt, b = a_f.shape
-        n = g_f.shape[-1]
+        al, et, ga, hg, *gates = ctx.saved_tensors
+        b, n, cd = ctx.meta
+        bsz, t_len, nh = al.shape
+        bh, nt, hl, dev = bsz * nh, -(-t_len // b), n - b, al.device
 
         def grad(g, shape):
-            return a_f.new_zeros(shape) if g is None else _flat(g, a_f.dtype)
+            return torch.zeros(shape, dtype=cd, device=dev) if g is None else g.to(cd)
 
-        dal, det, dgw = torch.empty_like(a_f), torch.empty_like(e_f), torch.empty_like(g_f)
-        args = (a_f, e_f, g_f, grad(dcm, (bh, nt, b, n)), grad(dcum, (bh, nt, b)),
-                grad(dce, (bh, nt, n)), grad(dae, (bh, nt)), dal, det, dgw, nt, b, n, last)
+        # gamma's own-row gradients in cd when the halo rows are added in afterwards
+        dal, det = _empty(al.shape, al.dtype, dev), _empty(et.shape, et.dtype, dev)
+        dga = _empty(ga.shape, cd if hl else ga.dtype, dev)
+        hdg = _empty((bh, nt, hl), cd, dev) if hl else dga
+        args = (*gates, grad(dcm, (bh, nt, b, n)),
+                grad(dcum, (bh, nt, b)), grad(dce, (bh, nt, n)), grad(dae, (bh, nt)), dal,
+                det, dga, hdg, nt, t_len, nh, b, n)
         try:
-            _call_plain(_kernels(), "coef_bwd", bh * nt, args,
-                        dict(BL=_np2(b), BN=_np2(n)))
+            _call_plain(_kernels(), "coef_bwd", bh * nt, args, _coef_consts(b, n))
         except Exception as exc:  # a real failure: the same gradients by torch autograd
             _warn_once("coef-backward", f"coefficient backward kernel failed ({exc!r}), "
                        "gradients recomputed by torch autograd")
-            dal, det, dgw = _gd_coeffs_torch_grads(a_f, e_f, g_f, last,
-                                                   (dcum, dcm, dce, dae))
-        return (dal.view(bsz, nh, nt, b), det.view(bsz, nh, nt, b),
-                dgw.view(bsz, nh, nt, n), None)
+            return (*_gd_coeffs_torch_grads(al, et, ga, hg, b, n, cd,
+                                            (dcum, dcm, dce, dae)), None, None, None)
+        dhg = None
+        if hl:
+            _, d_init = _fold_halo(dga.unsqueeze(-1), hdg.unsqueeze(-1), b, nh)
+            dga, dhg = dga.to(ga.dtype), d_init.reshape(bh, hl).to(hg.dtype)
+        return dal, det, dga, dhg, None, None, None
+
+
+def _coef_consts(b: int, n: int) -> dict:
+    """The constexprs of the coefficient kernels (``HALO``: ``c > 1``)."""
+    return dict(BL=_np2(b), BN=_np2(n), HALO=n > b)
+
+
+def _gate_blocks(al: Tensor, et: Tensor, ga: Tensor, hg: Tensor | None, b: int, n: int,
+                 cd: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
+    """Torch twin of the coefficient kernels' gate reads (differentiable): token-major
+    gates ``[B, T, H]`` and halo gammas ``[B*H, c-1]`` -> ``al, et [B*H, NT, b]`` (padded
+    past ``T`` with 1 and 0) and the window gammas ``gw [B*H, NT, N]`` (zero past ``T``)."""
+    bsz, t_len, nh = al.shape
+    nt = -(-t_len // b)
+
+    def rows(x: Tensor, fill: float) -> Tensor:
+        x = x.to(cd).transpose(1, 2).reshape(bsz * nh, t_len)
+        return F.pad(x, (0, nt * b - t_len), value=fill)
+
+    g = rows(ga, 0.0)
+    if hg is not None:
+        g = torch.cat([hg.to(cd), g], dim=1)
+    return rows(al, 1.0).view(-1, nt, b), rows(et, 0.0).view(-1, nt, b), g.unfold(1, n, b)
 
 
 def _gd_coeffs_torch(al: Tensor, et: Tensor, gw: Tensor, last: int):
@@ -607,22 +652,37 @@ def _gd_coeffs_torch(al: Tensor, et: Tensor, gw: Tensor, last: int):
     return cum, cm, ce, ae
 
 
-def _gd_coeffs_torch_grads(a_f, e_f, g_f, last, cots):
-    leaves = [x.detach().requires_grad_() for x in (a_f, e_f, g_f)]
+def _gd_coeffs_torch_grads(al, et, ga, hg, b, n, cd, cots):
+    """The gradients :class:`_GdCoeffs` returns for ``al, et, ga, hg``, by torch autograd
+    through :func:`_gate_blocks` and :func:`_gd_coeffs_torch`."""
+    leaves = [None if x is None else x.detach().requires_grad_() for x in (al, et, ga, hg)]
+    live = [x for x in leaves if x is not None]
     with torch.enable_grad():
-        outs = _gd_coeffs_torch(*leaves, last)
+        outs = _gd_coeffs_torch(*_gate_blocks(*leaves, b, n, cd), (al.shape[1] - 1) % b)
         pairs = [(o, g) for o, g in zip(outs, cots, strict=True) if g is not None]
-        got = torch.autograd.grad([o for o, _ in pairs], leaves,
+        got = torch.autograd.grad([o for o, _ in pairs], live,
                                   [g.reshape(o.shape) for o, g in pairs], allow_unused=True)
-    return [torch.zeros_like(x) if g is None else g for x, g in zip(leaves, got, strict=True)]
+    return _leaf_grads(leaves, got)
+
+
+def _leaf_grads(leaves: list, got) -> list:
+    """The gradients ``got`` of the non-``None`` ``leaves`` in the order of ``leaves``:
+    ``None`` for a ``None`` leaf, zeros for a leaf autograd left unused."""
+    it = iter(got)
+    grads = []
+    for x in leaves:
+        g = None if x is None else next(it)
+        grads.append(torch.zeros_like(x) if (x is not None and g is None) else g)
+    return grads
 
 
 class _ChunkScan(torch.autograd.Function):
     """Chunk scan of DESIGN.md §2 (module docstring). Inputs: ``q, k, v [B, T, H, D]``
     token-major contiguous, the halos ``hk, hv [B, H, HL, D]`` before the sequence (``HL =
-    c - 1``, possibly 0) and ``[B, H, ...]`` coefficients ``a [NT, b]``, ``c [NT, b, N]``,
-    ``bm [NT, b]``, ``ae, be, te [NT]``, ``ce, cse [NT, N]``, ``m0, s0 [Dk, Dv]`` (``bm,
-    be, te, cse, s0`` are ``None`` for gd). Returns ``o [B, T, H, Dv]`` (q's dtype), the
+    c - 1``, possibly 0), the coefficients flat over ``B*H`` in the computation dtype: ``a
+    [BH, NT, b]``, ``c [BH, NT, b, N]``, ``bm [BH, NT, b]``, ``ae, be, te [BH, NT]``, ``ce,
+    cse [BH, NT, N]``, and ``m0, s0 [B, H, Dk, Dv]`` (``bm, be, te, cse, s0`` are ``None``
+    for gd). Returns ``o [B, T, H, Dv]`` (q's dtype), the
     final ``M`` and ``S`` and the start state of the last chunk (computation dtype; ``S``
     is an empty tensor for gd)."""
 
@@ -633,7 +693,7 @@ class _ChunkScan(torch.autograd.Function):
         mom = s0 is not None
         hl = hk.shape[2]
         halo = [_flat(hk, q.dtype), _flat(hv, q.dtype)] if hl else [None, None]
-        coef = [_flat(x, cd) for x in (a, c, bm, ae, be, te, ce, cse)]
+        coef = [a, c, bm, ae, be, te, ce, cse]
         st0 = [
             _flat(m0.expand(bsz, nh, *m0.shape[2:]), cd),
             None if s0 is None else _flat(s0.expand(bsz, nh, *s0.shape[2:]), cd),
@@ -693,24 +753,9 @@ class _ChunkScan(torch.autograd.Function):
         def unflat(g, dtype):
             return None if g is None else g.view(bsz, nh, *g.shape[1:]).to(dtype)
 
-        return (
-            dq,
-            dk,
-            dv,
-            None if dhk is None else dhk.to(h_dt),
-            None if dhv is None else dhv.to(h_dt),
-            unflat(da, cd),
-            unflat(dc, cd),
-            unflat(dbm, cd),
-            unflat(dae, cd),
-            unflat(dbe, cd),
-            unflat(dte, cd),
-            unflat(dce, cd),
-            unflat(dcse, cd),
-            unflat(dm0, m_dt),
-            unflat(ds0, s_dt),
-            None,
-        )
+        dhk, dhv = (None if g is None else g.to(h_dt) for g in (dhk, dhv))
+        return (dq, dk, dv, dhk, dhv, da, dc, dbm, dae, dbe, dte, dce, dcse,
+                unflat(dm0, m_dt), unflat(ds0, s_dt), None)
 
 
 # ----------------------------------------------------------------------------- torch twin
@@ -762,11 +807,7 @@ def _backward_torch(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do, 
             outs.append(s)
             cots.append(dsf)
         live = [x for x in leaves if x is not None]
-        got = iter(torch.autograd.grad(outs, live, cots, allow_unused=True))
-    grads = []
-    for x in leaves:
-        g = next(got) if x is not None else None
-        grads.append(torch.zeros_like(x) if (x is not None and g is None) else g)
+        grads = _leaf_grads(leaves, torch.autograd.grad(outs, live, cots, allow_unused=True))
     for i in (3, 4):  # the halo gradients as [B, H, HL, D]
         if grads[i] is not None:
             grads[i] = grads[i].view(q.shape[0], nh, *grads[i].shape[1:])
@@ -1105,8 +1146,9 @@ def _kernels() -> dict:
     ``triton``/``tl`` and the ``@triton.jit`` helpers are bound as module globals so both
     the compiler and the interpreter resolve them from the kernels' ``__globals__``."""
     global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
-    global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin, _coef_rows
-    global _coef_index, _state_pair, _tok_rows, _tok_ptrs, _tok_load, _tok_store
+    global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin
+    global _coef_index, _coef_gamma, _coef_band, _coef_scan, _coef_x, _state_pair, _gate_pair
+    global _tok_rows, _tok_ptrs, _tok_load, _tok_store
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -1793,43 +1835,80 @@ def _kernels() -> dict:
         # combine of the first-order linear recurrence y_t = g_t y_{t-1} + x_t
         return g1 * g2, g2 * x1 + x2
 
-    @triton.jit
-    def _coef_rows(al_ptr, et_ptr, cj, L, N, SHIFT: tl.constexpr, BL: tl.constexpr,
-                   BN: tl.constexpr):
-        # the gates a, eta of token t - SHIFT in row t (1 and 0 outside the chunk), and
-        # S[t, r] = a_t S[t-1, r] + eta_t [t <= r <= t + c - 1] over the window rows r
-        # (halo first; token t's own row is t + c - 1): S = Dec_a diag(eta) Band, by a scan
-        # down the rows (no division: exact for tiny or zero gates)
-        i = tl.arange(0, BL)
-        j = tl.arange(0, BN)
-        t = i - SHIFT
-        ok = (t >= 0) & (t < L)
-        a = tl.load(al_ptr + cj * L + t, mask=ok, other=1.0)
-        eta = tl.load(et_ptr + cj * L + t, mask=ok, other=0.0)
-        band = (j[None, :] >= t[:, None]) & (j[None, :] <= t[:, None] + N - L) & ok[:, None]
-        x = tl.where(band, eta[:, None], 0.0)
-        _, s = tl.associative_scan((a[:, None] + 0.0 * x, x), 0, _lin)
-        return a, band, s
+    # The gd coefficient kernels read the gates alpha, eta, gamma in the caller's
+    # token-major [B, T, H] layout (any float dtype; computed in the dtype of the C buffer,
+    # cd) and the halo gammas [B*H, HL] before the sequence; tokens >= T read as alpha = 1,
+    # eta = gamma = 0 (the padded last chunk), as their torch twin _gate_blocks pads them.
 
     @triton.jit
-    def _coef_index(NT, L, N, LAST, BL: tl.constexpr, BN: tl.constexpr):
-        # this program's chunk, the index of its last real token, its token rows i and
-        # window columns j with their masks
+    def _coef_index(NT, T, H, L, N, BL: tl.constexpr, BN: tl.constexpr):
+        # this program's chunk cj, its (batch*head) i_bh, the offset of that (batch, head) in
+        # a [B, T, H] gate, the chunk's first token t0, the row of its last real token, its
+        # token rows i and window rows j with their masks
         cj = tl.program_id(0).to(tl.int64)
-        last = tl.where(cj % NT == NT - 1, LAST, L - 1)
+        i_bh = cj // NT
+        gbase = (i_bh // H) * T * H + i_bh % H
+        t0 = (cj % NT).to(tl.int32) * L
+        last = tl.minimum(T - 1 - t0, L - 1)
         i = tl.arange(0, BL)
         j = tl.arange(0, BN)
-        return cj, last, i, j, i < L, j < N
+        return cj, i_bh, gbase, t0, last, i, j, i < L, j < N
 
     @triton.jit
-    def _coef_fwd(al_ptr, et_ptr, gw_ptr, c_ptr, cum_ptr, ce_ptr, ae_ptr, NT, L, N, LAST,
-                  BL: tl.constexpr, BN: tl.constexpr):
+    def _coef_band(t0, T, L, N, SHIFT: tl.constexpr, BL: tl.constexpr, BN: tl.constexpr):
+        # Band[t, r] = [t <= r <= t + c - 1] for the chunk's real tokens t = row - SHIFT
+        # (window rows r, halo first: token t's own row is t + c - 1)
+        t = tl.arange(0, BL) - SHIFT
+        j = tl.arange(0, BN)
+        ok = (t >= 0) & (t < L) & (t0 + t < T)
+        return (j[None, :] >= t[:, None]) & (j[None, :] <= t[:, None] + N - L) & ok[:, None]
+
+    @triton.jit
+    def _gate_pair(al_ptr, et_ptr, off, ok, cd: tl.constexpr):
+        # the gates a, eta at offsets off (1 and 0 where not ok)
+        a = tl.load(al_ptr + off, mask=ok, other=1.0).to(cd)
+        return a, tl.load(et_ptr + off, mask=ok, other=0.0).to(cd)
+
+    @triton.jit
+    def _coef_x(eta, t0, T, L, N, SHIFT: tl.constexpr, BL: tl.constexpr, BN: tl.constexpr):
+        # x = diag(eta) Band (rows shifted by SHIFT like the gates)
+        return tl.where(_coef_band(t0, T, L, N, SHIFT, BL, BN), eta[:, None], 0.0)
+
+    @triton.jit
+    def _coef_scan(a, x):
+        # S[t, r] = a_t S[t-1, r] + x[t, r] down the rows: S = Dec_a x (no division: exact
+        # for tiny or zero gates)
+        _, s = tl.associative_scan((a[:, None] + 0.0 * x, x), 0, _lin)
+        return s
+
+    @triton.jit
+    def _coef_gamma(ga_ptr, hg_ptr, i_bh, gbase, t0, T, H, L, N, j, mj, cd: tl.constexpr,
+                    HALO: tl.constexpr):
+        # gamma of window row j: token t0 - HL + j (tokens < 0: the halo gammas)
+        t = t0 - (N - L) + j
+        g = tl.load(ga_ptr + gbase + t * H, mask=mj & (t >= 0) & (t < T), other=0.0).to(cd)
+        if HALO:
+            g += tl.load(hg_ptr + i_bh * (N - L) + (N - L) + t, mask=mj & (t < 0),
+                         other=0.0).to(cd)
+        return g, t
+
+    @triton.jit
+    def _coef_fwd(al_ptr, et_ptr, ga_ptr, hg_ptr, c_ptr, cum_ptr, ce_ptr, ae_ptr, af_ptr,
+                  ef_ptr, gf_ptr, NT, T, H, L, N, BL: tl.constexpr, BN: tl.constexpr,
+                  HALO: tl.constexpr):
         # gd, one program per chunk: C = Dec_a diag(eta) W [L, N] with W[t, r] = gamma_r
         # [r in window(t)] (c = 1: W = diag(gamma)), A = cumprod(a), and their values at
-        # the chunk's last real token (ce = C[last, :], ae = A[last])
-        cj, last, i, j, mi, mj = _coef_index(NT, L, N, LAST, BL, BN)
-        a, _, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
-        gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
+        # the chunk's last real token (ce = C[last, :], ae = A[last]); the chunk's padded
+        # gates af, ef [L] and window gammas gf [N] for _coef_bwd (contiguous per chunk:
+        # strided token-major loads there cost registers, spilling at c = 16)
+        cj, i_bh, gbase, t0, last, i, j, mi, mj = _coef_index(NT, T, H, L, N, BL, BN)
+        cd = c_ptr.dtype.element_ty
+        a, eta = _gate_pair(al_ptr, et_ptr, gbase + (t0 + i) * H, mi & (t0 + i < T), cd)
+        sm = _coef_scan(a, _coef_x(eta, t0, T, L, N, 0, BL, BN))
+        gam, _ = _coef_gamma(ga_ptr, hg_ptr, i_bh, gbase, t0, T, H, L, N, j, mj, cd, HALO)
+        tl.store(af_ptr + cj * L + i, a, mask=mi)
+        tl.store(ef_ptr + cj * L + i, eta, mask=mi)
+        tl.store(gf_ptr + cj * N + j, gam, mask=mj)
         cm = sm * gam[None, :]
         _rows_store(c_ptr, cj, L, i, mi, j, mj, N, cm)
         cum = tl.cumprod(a, axis=0)
@@ -1839,35 +1918,49 @@ def _kernels() -> dict:
         tl.store(ae_ptr + cj, tl.sum(tl.where(i == last, cum, 0.0)))
 
     @triton.jit
-    def _coef_bwd(al_ptr, et_ptr, gw_ptr, dc_ptr, dcum_ptr, dce_ptr, dae_ptr, dal_ptr,
-                  det_ptr, dgw_ptr, NT, L, N, LAST, BL: tl.constexpr,
-                  BN: tl.constexpr):
+    def _coef_bwd(af_ptr, ef_ptr, gf_ptr, dc_ptr, dcum_ptr, dce_ptr, dae_ptr, dal_ptr,
+                  det_ptr, dga_ptr, hdg_ptr, NT, T, H, L, N, BL: tl.constexpr,
+                  BN: tl.constexpr, HALO: tl.constexpr):
         # the adjoint of _coef_fwd's scans, back to a, eta and the window gammas without
         # division by a gate. With dC (+ dce on row last), dA (+ dae at last) and
         # dS = dC diag(gamma): d(gamma)_r = sum_t dC[t, r] S[t, r]; the reverse scans
         # lam_t = dS_t + a_{t+1} lam_{t+1} and mu_t = dA_t + a_{t+1} mu_{t+1} give
         # d(eta)_t = sum_r lam[t, r] Band[t, r] and
         # d(a)_t = sum_r lam[t, r] S[t-1, r] + mu_t A_{t-1} (S[t-1], A_{t-1}: the scans of
-        # the gates shifted by one token).
-        cj, last, i, j, mi, mj = _coef_index(NT, L, N, LAST, BL, BN)
+        # the gates shifted by one token; S itself is a_t S[t-1] + x_t, no second scan).
+        # d(gamma) of the own rows goes to the token-major dga, of the halo rows (HALO) to
+        # hdg [B*H, NT, HL] (the caller adds them into the tokens they belong to).
+        cj, i_bh, gbase, t0, last, i, j, mi, mj = _coef_index(NT, T, H, L, N, BL, BN)
+        cd = dcum_ptr.dtype.element_ty
         m2 = mi[:, None] & mj[None, :]
-        a, band, sm = _coef_rows(al_ptr, et_ptr, cj, L, N, 0, BL, BN)
-        ap, _, sp = _coef_rows(al_ptr, et_ptr, cj, L, N, 1, BL, BN)
-        cd = sm.dtype
-        an = tl.load(al_ptr + cj * L + i + 1, mask=i + 1 < L, other=0.0).to(cd)  # a_{t+1}
-        gam = tl.load(gw_ptr + cj * N + j, mask=mj, other=0.0)
+        # the chunk's padded gates as _coef_fwd wrote them (a_{t+1}: 0 past the chunk)
+        ap, etp = _gate_pair(af_ptr, ef_ptr, cj * L + i - 1, (i >= 1) & mi, cd)
+        sp = _coef_scan(ap, _coef_x(etp, t0, T, L, N, 1, BL, BN))
+        a, eta = _gate_pair(af_ptr, ef_ptr, cj * L + i, mi, cd)
+        an = tl.load(af_ptr + cj * L + i + 1, mask=i + 1 < L, other=0.0)
+        gam = tl.load(gf_ptr + cj * N + j, mask=mj, other=0.0)
+        tg = t0 - (N - L) + j  # the token of window row j
         dcm = _rows_load(dc_ptr, cj, L, i, mi, j, mj, N).to(cd)
         dce = tl.load(dce_ptr + cj * N + j, mask=mj, other=0.0).to(cd)
         dcm += tl.where((i[:, None] == last) & m2, dce[None, :], 0.0)
-        tl.store(dgw_ptr + cj * N + j, tl.sum(dcm * sm, axis=0), mask=mj)
+        dg = tl.sum(dcm * (a[:, None] * sp + _coef_x(eta, t0, T, L, N, 0, BL, BN)), axis=0)
+        own = j >= N - L
+        tl.store(dga_ptr + gbase + tg * H, dg.to(dga_ptr.dtype.element_ty),
+                 mask=mj & own & (tg < T))
+        if HALO:
+            tl.store(hdg_ptr + cj * (N - L) + j, dg, mask=mj & (j < N - L))
         ds = dcm * gam[None, :]
         _, lam = tl.associative_scan((an[:, None] + 0.0 * ds, ds), 0, _lin, reverse=True)
-        tl.store(det_ptr + cj * L + i, tl.sum(tl.where(band, lam, 0.0), axis=1), mask=mi)
+        ok = mi & (t0 + i < T)
+        toff = gbase + (t0 + i) * H
+        band = _coef_band(t0, T, L, N, 0, BL, BN)
+        tl.store(det_ptr + toff, tl.sum(tl.where(band, lam, 0.0), axis=1).to(
+            det_ptr.dtype.element_ty), mask=ok)
         dcum = tl.load(dcum_ptr + cj * L + i, mask=mi, other=0.0).to(cd)
         dcum += tl.where(i == last, tl.load(dae_ptr + cj).to(cd), 0.0)
         _, mu = tl.associative_scan((an, dcum), 0, _lin, reverse=True)
-        tl.store(dal_ptr + cj * L + i, tl.sum(lam * sp, axis=1) + mu * tl.cumprod(ap, axis=0),
-                 mask=mi)
+        dal = tl.sum(lam * sp, axis=1) + mu * tl.cumprod(ap, axis=0)
+        tl.store(dal_ptr + toff, dal.to(dal_ptr.dtype.element_ty), mask=ok)
 
     fns = {
         "coef_fwd": _coef_fwd,
