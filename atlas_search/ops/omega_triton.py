@@ -281,16 +281,17 @@ def run(
     alpha: Tensor,
     eta: Tensor,
     gamma: Tensor,
-    theta: Tensor,
+    theta: Tensor | None,
     st: _State,
     c: int,
     b: int,
     optimizer: str,
     objective: str,
 ) -> tuple[Tensor, _State] | None:
-    """Run the Triton path on head-major inputs ``[B, H, T, ...]`` if ``backend``
-    (``"triton"`` or ``"auto"``) and the case allow it; ``None`` means "use the torch
-    backend" (after a once-per-reason warning when ``backend == "triton"``)."""
+    """Run the Triton path on head-major inputs ``[B, H, T, ...]`` (``theta``: ``None`` for
+    gd, which never reads it) if ``backend`` (``"triton"`` or ``"auto"``) and the case allow
+    it; ``None`` means "use the torch backend" (after a once-per-reason warning when
+    ``backend == "triton"``)."""
     explicit = backend == "triton"
 
     def no(reason: str, msg: str) -> None:
