@@ -38,7 +38,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 
 KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk", "coef_fwd", "coef_bwd")
-COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (one launch config: 8 warps)
+COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (omega_triton.PLAIN_WARPS)
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
 _IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "hk_ptr", "hv_ptr", "o_ptr", "do_ptr", "dq_ptr",
                   "dk_ptr", "dv_ptr")  # the token-major tensors; else fp32
@@ -206,8 +206,8 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
                 for name in KERNELS:
                     if name in COEF and var.momentum:
                         continue
-                    cfgs = ((0, 8),) if name in COEF else ot.configs(name, var.head_dim,
-                                                                        var.head_dim)
+                    cfgs = ((0, ot.PLAIN_WARPS),) if name in COEF else ot.configs(
+                        name, var.head_dim, var.head_dim)
                     for bv, w in cfgs if all_configs else cfgs[:1]:
                         key = (name, replace(var, head_dim=_block(ot, name, var.head_dim)),
                                bv, w)

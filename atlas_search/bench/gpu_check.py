@@ -23,19 +23,24 @@ each timed (the whole check is sized to finish in under 8 minutes on an H100; ``
      ``-n`` workers when pytest-xdist is installed; the deselected test reruns the CPU params
      in the Triton interpreter, which CPU CI does; ``--pytest-all`` keeps it) when the
      repository's ``tests/`` is present and pytest is installed;
+   - :mod:`atlas_search.bench.config_check`: every autotune config of every kernel against
+     the first (a failure makes the benchmark run the first configs only), and a
+     compute-sanitizer memcheck of a refused case (``SANITIZE_SHAPE``;
+     ``--skip-config-checks``);
    - :mod:`atlas_search.bench.prewarm`: the benchmark's Triton kernels (ours and fla's)
      compiled into Triton's disk cache by ``--prewarm-procs`` processes, each compiling a
      shard of every autotune list, so the benchmark does not compile on one core.
 3. :mod:`atlas_search.bench.kernels_speed` at the GPU sizes with the rest of the budget,
-   alone on the GPU.
-5. ``OUT/gpu_check.json`` (rewritten after every step, so a run cut off by an outer limit
+   alone on the GPU, each implementation group in its own process
+   (:func:`run_bench_isolated`).
+4. ``OUT/gpu_check.json`` (rewritten after every step, so a run cut off by an outer limit
    still leaves what it measured; device, versions, kernel-check rows, pytest outcome, every bench
    row and ratio, the acceptance verdicts), ``OUT/bench_table.txt`` and ``.md``,
    ``OUT/pytest.txt``.
 
-Exit status: 0 when everything that ran passed, 1 when a kernel check, the tests or an
-acceptance verdict failed (a verdict that could not be measured, e.g. without fla, is
-reported and does not fail), 2 without a CUDA device or on bad options.
+Exit status: 0 when everything that ran passed, 1 when a kernel check, the tests, a
+benchmark cell or an acceptance verdict failed (a verdict that could not be measured, e.g.
+without fla, is reported and does not fail), 2 without a CUDA device or on bad options.
 
 Imports only the standard library, torch, and :mod:`atlas_search.bench` / ``.ops`` modules.
 """

@@ -100,9 +100,10 @@ def run_job(job: Job) -> None:
                 raise RuntimeError(msg)
         settings = ks.Settings(device=job.device, chunk=job.chunk, dtype=job.dtype)
         x = ks.make_inputs(job.b, job.t, job.h, job.d, ks.DTYPES[job.dtype], job.device)
-        ks._fwd_bwd(ks._call(ks.Impl(job.impl, job.window), x, settings, fla_fn), x)
+        call = ks._call(ks.Impl(job.impl, job.window), x, settings, fla_fn)
+        ks._fwd_bwd(call, x)
         with torch.no_grad():
-            ks._call(ks.Impl(job.impl, job.window), x, settings, fla_fn)()
+            call()
         if job.device == "cuda":
             torch.cuda.synchronize()
 

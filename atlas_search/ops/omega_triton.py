@@ -441,20 +441,13 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
         th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
         wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
         cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
-        # the last real token of every chunk
-        last = torch.full((nt,), b - 1, dtype=torch.long, device=q.device)
-        last[-1] = (t_len - 1) % b
-        li = last.view(1, 1, nt, 1).expand(bsz, nh, nt, 1)
-        lin = last.view(1, 1, nt, 1, 1).expand(bsz, nh, nt, 1, n)
+        last = (t_len - 1) % b
 
         def end(x: Tensor) -> Tensor:
-            return x.gather(3, li).squeeze(3)
+            return _chunk_ends(x, 2, last)
 
-        def end_row(x: Tensor) -> Tensor:
-            return x.gather(3, lin).squeeze(3)
-
-        coef = [_flat(x) for x in (cum_a, c_m, b_m, end_row(c_m), end(cum_a), end(b_m),
-                                   end(cum_th), end_row(c_s))]
+        coef = [_flat(x) for x in (cum_a, c_m, b_m, end(c_m), end(cum_a), end(b_m),
+                                   end(cum_th), end(c_s))]
         cum_a, c_m, bm, c_end, a_end, bm_end, th_end, cs_end = coef
     s0 = st.momentum if momentum else None
     m0 = st.memory
@@ -492,6 +485,17 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
 
 
 # ----------------------------------------------------------------------------- autograd
+
+
+def _chunk_ends(x: Tensor, nt_dim: int, last: int) -> Tensor:
+    """The coefficients at each chunk's last real token: ``x [..., NT, b, ...]`` (chunks at
+    ``nt_dim``, their rows after it) -> row ``b - 1`` of every chunk but the final one and
+    row ``last`` of that one (its padded rows past ``T`` are not no-ops for momentum)."""
+    nt_dim %= x.dim()
+    nt, b = x.shape[nt_dim], x.shape[nt_dim + 1]
+    head = x.narrow(nt_dim, 0, nt - 1).select(nt_dim + 1, b - 1)
+    tail = x.narrow(nt_dim, nt - 1, 1).select(nt_dim + 1, last)
+    return torch.cat([head, tail], dim=nt_dim)
 
 
 def _tokens(x: Tensor) -> Tensor:
@@ -646,11 +650,7 @@ def _gd_coeffs_torch(al: Tensor, et: Tensor, gw: Tensor, last: int):
     the reference of the kernels and the fallback of their backward."""
     b, n = al.shape[-1], gw.shape[-1]
     cum, cm = _dual_coeffs(al, et, None, _window_weights(gw, b, n - b), False)[:2]
-    idx = torch.full(al.shape[:-1], b - 1, dtype=torch.long, device=al.device)
-    idx[..., -1] = last
-    ce = cm.gather(-2, idx[..., None, None].expand(*cm.shape[:-2], 1, n)).squeeze(-2)
-    ae = cum.gather(-1, idx[..., None]).squeeze(-1)
-    return cum, cm, ce, ae
+    return cum, cm, _chunk_ends(cm, -3, last), _chunk_ends(cum, -2, last)
 
 
 def _gd_coeffs_torch_grads(al, et, ga, hg, b, n, cd, cots):
@@ -683,9 +683,8 @@ class _ChunkScan(torch.autograd.Function):
     c - 1``, possibly 0), the coefficients flat over ``B*H`` in the computation dtype: ``a
     [BH, NT, b]``, ``c [BH, NT, b, N]``, ``bm [BH, NT, b]``, ``ae, be, te [BH, NT]``, ``ce,
     cse [BH, NT, N]``, and ``m0, s0 [B, H, Dk, Dv]`` (``bm, be, te, cse, s0`` are ``None``
-    for gd). Returns ``o [B, T, H, Dv]`` (q's dtype), the
-    final ``M`` and ``S`` and the start state of the last chunk (computation dtype; ``S``
-    is an empty tensor for gd)."""
+    for gd). Returns ``o [B, T, H, Dv]`` (q's dtype), the final ``M`` and ``S`` and the
+    start state of the last chunk (computation dtype; ``S`` is an empty tensor for gd)."""
 
     @staticmethod
     def forward(ctx, q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
@@ -883,12 +882,17 @@ def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts:
     fn[lambda meta: grid(meta["BV"])](*args, **consts)
 
 
+PLAIN_WARPS = 8
+"""``num_warps`` of the kernels launched without autotuning (the coefficient kernels)."""
+
+
 def _call_plain(kern: dict, name: str, g0: int, args: tuple, consts: dict) -> None:
-    """Launch kernel ``name`` (no autotuning, no Dv blocks) on the grid ``(g0,)``."""
+    """Launch kernel ``name`` (no autotuning, no Dv blocks) on the grid ``(g0,)`` with
+    :data:`PLAIN_WARPS` warps."""
     if kern["interpret"]:
         kern[name][(g0,)](*args, **consts)
     else:
-        kern[name][(g0,)](*args, num_warps=8, **consts)
+        kern[name][(g0,)](*args, num_warps=PLAIN_WARPS, **consts)
 
 
 def _consts(b: int, n: int, dk: int, mom: bool, l2: bool, lowp: bool) -> dict:
@@ -1836,10 +1840,12 @@ def _kernels() -> dict:
         # combine of the first-order linear recurrence y_t = g_t y_{t-1} + x_t
         return g1 * g2, g2 * x1 + x2
 
-    # The gd coefficient kernels read the gates alpha, eta, gamma in the caller's
-    # token-major [B, T, H] layout (any float dtype; computed in the dtype of the C buffer,
-    # cd) and the halo gammas [B*H, HL] before the sequence; tokens >= T read as alpha = 1,
-    # eta = gamma = 0 (the padded last chunk), as their torch twin _gate_blocks pads them.
+    # The gd coefficient kernels: _coef_fwd reads the gates alpha, eta, gamma in the
+    # caller's token-major [B, T, H] layout (any float dtype; computed in the dtype of the C
+    # buffer, cd) and the halo gammas [B*H, HL] before the sequence; tokens >= T read as
+    # alpha = 1, eta = gamma = 0 (the padded last chunk), as their torch twin _gate_blocks
+    # pads them. _coef_bwd reads the padded per-chunk copy _coef_fwd writes and writes the
+    # gate gradients token-major.
 
     @triton.jit
     def _coef_index(NT, T, H, L, N, BL: tl.constexpr, BN: tl.constexpr):
@@ -1891,7 +1897,7 @@ def _kernels() -> dict:
         if HALO:
             g += tl.load(hg_ptr + i_bh * (N - L) + (N - L) + t, mask=mj & (t < 0),
                          other=0.0).to(cd)
-        return g, t
+        return g
 
     @triton.jit
     def _coef_fwd(al_ptr, et_ptr, ga_ptr, hg_ptr, c_ptr, cum_ptr, ce_ptr, ae_ptr, af_ptr,
@@ -1906,7 +1912,7 @@ def _kernels() -> dict:
         cd = c_ptr.dtype.element_ty
         a, eta = _gate_pair(al_ptr, et_ptr, gbase + (t0 + i) * H, mi & (t0 + i < T), cd)
         sm = _coef_scan(a, _coef_x(eta, t0, T, L, N, 0, BL, BN))
-        gam, _ = _coef_gamma(ga_ptr, hg_ptr, i_bh, gbase, t0, T, H, L, N, j, mj, cd, HALO)
+        gam = _coef_gamma(ga_ptr, hg_ptr, i_bh, gbase, t0, T, H, L, N, j, mj, cd, HALO)
         tl.store(af_ptr + cj * L + i, a, mask=mi)
         tl.store(ef_ptr + cj * L + i, eta, mask=mi)
         tl.store(gf_ptr + cj * N + j, gam, mask=mj)
