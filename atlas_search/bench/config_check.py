@@ -9,8 +9,8 @@ process: relative RMS error at most ``TOL`` (bf16 accumulation order) and no NaN
 is a child process, so a kernel fault (an illegal address) is one failing row and not a
 lost CUDA context.
 
-Shapes that :func:`omega_triton.gpu_hazard` refuses for every backend are left out
-(:func:`sanitize` runs one of them under compute-sanitizer instead).
+Shapes that :func:`omega_triton.gpu_hazard` refuses for every backend are left out (none
+at present).
 
 ``python -m atlas_search.bench.config_check [--json F] [--procs N] [--shape B,T,H,D,c]``
 (CUDA only). Imports
@@ -82,7 +82,7 @@ def jobs(shapes=SHAPES) -> list[tuple[list, str, int]]:
         d = shape[3]
         hz = ot.gpu_hazard(d, d, shape[4], (0, 0), "0")
         if hz and hz[2]:
-            continue  # refused on CUDA (sanitize() probes it)
+            continue  # refused on CUDA
         for k in KERNELS:
             out += [(list(shape), k, i) for i in range(1, len(ot.configs(k, d, d)))]
     return out
@@ -120,9 +120,9 @@ def run_config_checks(procs: int = 8, timeout: float = 120.0, shapes=SHAPES,
 
 def sanitize(shape: tuple[int, int, int, int, int], timeout: float) -> dict:
     """One fwd+bwd of ``shape`` (``B, T, H, D, c``) under ``compute-sanitizer --tool
-    memcheck`` with ``ATLAS_TRITON_UNSAFE=1`` (a case :func:`omega_triton.gpu_hazard`
-    refuses): ``{"status": clean|errors|timeout|unavailable, "lines"}``, the lines naming
-    the kernel and the access of each error."""
+    memcheck`` with ``ATLAS_TRITON_UNSAFE=1`` (so a case :func:`omega_triton.gpu_hazard`
+    refuses runs too): ``{"status": clean|errors|timeout|unavailable, "lines"}``, the lines
+    naming the kernel and the access of each error."""
     import shutil
 
     tool = shutil.which("compute-sanitizer")

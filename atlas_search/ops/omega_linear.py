@@ -125,13 +125,14 @@ def _initial_state(
     else:
         raise ValueError("initial_state must be None, a tensor M_0 or an OmegaState")
     s0 = None if optimizer == "gd" else torch.zeros_like(m0)
+    halo = q.new_zeros if window > 1 else q.new_empty  # (window 1: empty, nothing to fill)
     return _State(
         m0,
         s0,
         m0,
-        q.new_zeros(b_, h, window - 1, dk),
-        q.new_zeros(b_, h, window - 1, dv),
-        q.new_zeros(b_, h, window - 1),
+        halo(b_, h, window - 1, dk),
+        halo(b_, h, window - 1, dv),
+        halo(b_, h, window - 1),
         0,
     )
 

@@ -341,7 +341,7 @@ def run(
     if not explicit and mode == "interpret":
         return None  # auto never picks the (slow) interpreter
     if mode == "compiled" and q.is_cuda:
-        hz = gpu_hazard(dk, v.shape[-1], c, torch.cuda.get_device_capability(q.device),
+        hz = gpu_hazard(dk, v.shape[-1], c, _capability(q.device),
                         str(getattr(trt, "__version__", "0")))
         if hz is not None:
             reason, msg, blocks_explicit = hz
@@ -374,30 +374,39 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(parts)
 
 
+@functools.cache
+def _capability(device: torch.device) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device)
+
+
 def gpu_hazard(dk: int, dv: int, c: int, capability: tuple[int, int], triton_version: str
                ) -> tuple[str, str, bool] | None:
     """A case the compiled kernels are known to get wrong on this GPU and Triton, as
     ``(reason, message, refused even for backend='triton')``, or None. Measured on an H100
-    (README, Performance):
+    (README, Performance): sm_90 with Triton 3.4.0 <= version < 3.7.1, the range that
+    miscompiles ``tl.trans`` of a ``tl.dot`` result on Hopper (flash-linear-attention #640,
+    which refuses it too); the backward here uses that pattern, and with Triton 3.6.0 a
+    4-warp config of the output kernel returned wrong outputs. ``backend='auto'`` runs
+    torch; ``'triton'`` warns once and runs (the first configs pass the kernel checks
+    there). ``ATLAS_TRITON_UNSAFE=1`` lifts it.
 
-    * ``max(Dk, Dv) > 64`` with a window ``c > 1``: at ``Dk = Dv = 128, c = 16`` a fwd+bwd
-      of the earlier head-major kernels faulted with an illegal address in some processes
-      and not in others (Triton 3.6.0 and 3.7.1, first configs). The token-major kernels
-      ran it cleanly under ``compute-sanitizer`` at ``B, T, H = 1, 256, 2`` and matched the
-      float64 torch backend at ``T = 512``, but not yet at the benchmark's shape. Refused
-      for every backend (a fault kills the CUDA context) unless ``ATLAS_TRITON_UNSAFE=1``.
-    * sm_90 with Triton 3.4.0 <= version < 3.7.1: that range miscompiles ``tl.trans`` of a
-      ``tl.dot`` result on Hopper (flash-linear-attention #640, which refuses it too); the
-      backward here uses that pattern, and with Triton 3.6.0 a 4-warp config of the output
-      kernel returned wrong outputs. ``backend='auto'`` runs torch; ``'triton'`` warns once
-      and runs (the first configs pass the kernel checks there).
+    No longer refused: ``max(Dk, Dv) > 64`` with a window ``c > 1``. At ``Dk = Dv = 128,
+    c = 16`` the backward faulted at the benchmark's shape (Triton 3.6.0 and 3.7.1);
+    ``compute-sanitizer`` placed it in ``_omega_bwd_local``, an out-of-bounds shared-memory
+    read in ``tl.trans`` of the halo tile's ``P = C ∘ Q K^T`` (a dot result). ``_u_part``
+    now builds ``P^T`` directly; on an H100 with Triton 3.7.1 every config then ran that
+    case at the benchmark's shapes (T = 2k to 16k) and matched the fp32 torch backend to
+    bf16 rounding (3e-3).
     """
+    del dk, dv, c  # no case depends on the shape at present (D > 64 with c > 1 is fixed)
     if os.environ.get(UNSAFE_ENV, "0").strip().lower() in _TRUE:
         return None
-    if max(dk, dv) > 64 and c > 1:
-        return ("wide-window",
-                f"Dk={dk}, Dv={dv} with window c={c} faults on CUDA (max(Dk, Dv) > 64 with "
-                f"c > 1; {UNSAFE_ENV}=1 runs it anyway); runs the torch backend", True)
+    return _hazard(tuple(capability), triton_version)
+
+
+@functools.cache
+def _hazard(capability: tuple[int, int], triton_version: str) -> tuple[str, str, bool] | None:
+    """:func:`gpu_hazard` without the environment switch (cached per GPU and Triton)."""
     if tuple(capability) == (9, 0) and (3, 4, 0) <= _version(triton_version) < (3, 7, 1):
         return ("hopper-triton",
                 f"Triton {triton_version} on sm_90 is in the range that miscompiles tl.trans "
@@ -618,12 +627,15 @@ class _GdCoeffs(torch.autograd.Function):
         dhg = None
         if hl:
             _, d_init = _fold_halo(dga.unsqueeze(-1), hdg.unsqueeze(-1), b, nh)
-            dga, dhg = dga.to(ga.dtype), d_init.reshape(bh, hl).to(hg.dtype)
+            dga = dga.to(ga.dtype)
+            dhg = d_init.reshape(bh, hl).to(hg.dtype) if ctx.needs_input_grad[3] else None
         return dal, det, dga, dhg, None, None, None
 
 
+@functools.cache
 def _coef_consts(b: int, n: int) -> dict:
-    """The constexprs of the coefficient kernels (``HALO``: ``c > 1``)."""
+    """The constexprs of the coefficient kernels (``HALO``: ``c > 1``; cached, not changed
+    by the callers)."""
     return dict(BL=_np2(b), BN=_np2(n), HALO=n > b)
 
 
@@ -683,8 +695,9 @@ class _ChunkScan(torch.autograd.Function):
     c - 1``, possibly 0), the coefficients flat over ``B*H`` in the computation dtype: ``a
     [BH, NT, b]``, ``c [BH, NT, b, N]``, ``bm [BH, NT, b]``, ``ae, be, te [BH, NT]``, ``ce,
     cse [BH, NT, N]``, and ``m0, s0 [B, H, Dk, Dv]`` (``bm, be, te, cse, s0`` are ``None``
-    for gd). Returns ``o [B, T, H, Dv]`` (q's dtype), the final ``M`` and ``S`` and the
-    start state of the last chunk (computation dtype; ``S`` is an empty tensor for gd)."""
+    for gd; ``m0, s0`` in the state's dtype, converted by the kernels). Returns ``o [B, T,
+    H, Dv]`` (q's dtype), the final ``M`` and ``S`` and the start state of the last chunk
+    (in the states' dtypes; ``S`` is an empty tensor for gd)."""
 
     @staticmethod
     def forward(ctx, q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
@@ -694,15 +707,14 @@ class _ChunkScan(torch.autograd.Function):
         hl = hk.shape[2]
         halo = [_flat(hk, q.dtype), _flat(hv, q.dtype)] if hl else [None, None]
         coef = [a, c, bm, ae, be, te, ce, cse]
-        st0 = [
-            _flat(m0.expand(bsz, nh, *m0.shape[2:]), cd),
-            None if s0 is None else _flat(s0.expand(bsz, nh, *s0.shape[2:]), cd),
+        st0 = [  # in the state's dtype: the kernels convert on load (no copy when contiguous)
+            _flat(m0.expand(bsz, nh, *m0.shape[2:])),
+            None if s0 is None else _flat(s0.expand(bsz, nh, *s0.shape[2:])),
         ]
         o, mf, sf, man = _launch_forward(q, k, v, *halo, *coef, *st0, mom, l2)
         ctx.save_for_backward(q, k, v, *[x for x in halo if x is not None],
                               *[x for x in coef if x is not None], *st0[: 1 + mom])
-        ctx.meta = (bsz, nh, hl, mom, l2, m0.dtype, None if s0 is None else s0.dtype,
-                    [x is not None for x in coef], hk.dtype)
+        ctx.meta = (bsz, nh, hl, mom, l2, cd, [x is not None for x in coef], hk.dtype)
         shape = (bsz, nh)
         sf_out = sf.view(*shape, *sf.shape[1:]) if mom else mf.new_zeros(0)
         return (
@@ -715,7 +727,7 @@ class _ChunkScan(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dmf, dsf, dman):
-        bsz, nh, hl, mom, l2, m_dt, s_dt, present, h_dt = ctx.meta
+        bsz, nh, hl, mom, l2, cd, present, h_dt = ctx.meta
         saved = list(ctx.saved_tensors)
         q, k, v = saved[:3]
         it = iter(saved[3:])
@@ -723,21 +735,23 @@ class _ChunkScan(torch.autograd.Function):
         coef = [next(it) if p else None for p in present]
         m0 = next(it)
         s0 = next(it) if mom else None
-        cd = m0.dtype
+        cots = [dmf, dsf if mom else None, dman]
+        cots = [None if g is None or g.numel() == 0 else g for g in cots]
 
-        def flat_grad(g, like):
-            if g is None or g.numel() == 0:
-                return torch.zeros_like(like)
-            return _flat(g, cd)
+        def flat_grad(g):  # None when no state output has a cotangent (DMI = 0)
+            if all(x is None for x in cots):
+                return None
+            return torch.zeros(m0.shape, dtype=cd, device=m0.device) if g is None else \
+                _flat(g, cd)
 
         do_f = (
             torch.zeros(q.shape[:-1] + v.shape[-1:], dtype=q.dtype, device=q.device)
             if do is None
             else do.to(q.dtype).contiguous()
         )
-        dmf_f = flat_grad(dmf, m0)
-        dsf_f = flat_grad(dsf, m0) if mom else None
-        dman_f = flat_grad(dman, m0)
+        dmf_f = flat_grad(cots[0])
+        dsf_f = flat_grad(cots[1]) if mom else None
+        dman_f = flat_grad(cots[2])
         args = (q, k, v, hk, hv, *coef, m0, s0, do_f, dmf_f, dsf_f, dman_f, mom, l2)
         try:
             grads = _launch_backward(*args)
@@ -750,12 +764,16 @@ class _ChunkScan(torch.autograd.Function):
             grads = _backward_torch(*args)
         dq, dk, dv, dhk, dhv, da, dc, dbm, dae, dbe, dte, dce, dcse, dm0, ds0 = grads
 
-        def unflat(g, dtype):
-            return None if g is None else g.view(bsz, nh, *g.shape[1:]).to(dtype)
+        need = ctx.needs_input_grad
 
-        dhk, dhv = (None if g is None else g.to(h_dt) for g in (dhk, dhv))
+        def unflat(g, like, i):  # (no conversion for an input that needs no gradient)
+            return None if g is None or not need[i] else \
+                g.view(bsz, nh, *g.shape[1:]).to(like.dtype)
+
+        dhk, dhv = (None if g is None or not need[i] else g.to(h_dt)
+                    for i, g in ((3, dhk), (4, dhv)))
         return (dq, dk, dv, dhk, dhv, da, dc, dbm, dae, dbe, dte, dce, dcse,
-                unflat(dm0, m_dt), unflat(ds0, s_dt), None)
+                unflat(dm0, m0, 13), unflat(ds0, s0, 14), None)
 
 
 # ----------------------------------------------------------------------------- torch twin
@@ -763,10 +781,11 @@ class _ChunkScan(torch.autograd.Function):
 
 def _scan_torch(q, k, v, a, c, bm, ae, be, te, ce, cse, m0, s0, l2):
     """The chunk recurrence of :class:`_ChunkScan` in torch on flat ``[BH, ...]`` tensors
-    (computation dtype); returns ``o, M_end, S_end, M_s(last chunk)``."""
-    cd = m0.dtype
+    (computation dtype: the coefficients'; the states may be in another); returns ``o,
+    M_end, S_end, M_s(last chunk)``."""
+    cd = a.dtype
     q, k, v = q.to(cd), k.to(cd), v.to(cd)
-    m, s = m0, s0
+    m, s = m0.to(cd), None if s0 is None else s0.to(cd)
     outs = []
     anchor = m
     for j in range(q.shape[1]):
@@ -806,6 +825,8 @@ def _backward_torch(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do, 
         if s is not None:
             outs.append(s)
             cots.append(dsf)
+        outs, cots = zip(*[(x, g) for x, g in zip(outs, cots, strict=True) if g is not None],
+                         strict=True)
         live = [x for x in leaves if x is not None]
         grads = _leaf_grads(leaves, torch.autograd.grad(outs, live, cots, allow_unused=True))
     for i in (3, 4):  # the halo gradients as [B, H, HL, D]
@@ -824,6 +845,7 @@ def _dqk_bk(dk: int, interpret: bool = False) -> int:
     return INTERPRET_BV if interpret else min(64, _np2(dk))
 
 
+@functools.cache
 def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
     """The ``(BV, num_warps)`` configs kernel ``name`` is autotuned over on CUDA (``BV``: the
     Dv column block of the grid; for ``bwd_dqk`` the Dv block of its inner loop). The first
@@ -895,10 +917,12 @@ def _call_plain(kern: dict, name: str, g0: int, args: tuple, consts: dict) -> No
         kern[name][(g0,)](*args, num_warps=PLAIN_WARPS, **consts)
 
 
+@functools.cache
 def _consts(b: int, n: int, dk: int, mom: bool, l2: bool, lowp: bool) -> dict:
     """The constexprs of every kernel but ``BV``: ``BL`` for a chunk's own ``b`` rows, ``BH``
     for its ``n - b = c - 1`` halo rows (``HALO``: ``c > 1``), ``BK`` for ``Dk`` (the
-    launch of ``bwd_dqk`` replaces it by its Dk block) and the flags."""
+    launch of ``bwd_dqk`` replaces it by its Dk block) and the flags (cached: the callers
+    copy it before changing it)."""
     return dict(BL=_np2(b), BH=_np2(max(1, n - b)), HALO=n > b, BK=_np2(dk), MOMENTUM=mom,
                 L2=l2, LOWP=lowp)
 
@@ -931,14 +955,14 @@ def _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0, mom, l2):
     """``_omega_states``: the sequential scan over chunks (``hk, hv``: see
     :func:`_halo_args`). Returns ``M_end, S_end``, the chunk-start states ``Ms, Ss [BH, NT,
     Dk, Dv]`` (:func:`_buffer_dtype`; ``Ss`` is ``Ms`` for gd) and the start state of the
-    last chunk (computation dtype)."""
+    last chunk (``M_end, S_end`` and that one in the dtypes of ``m0, s0``)."""
     bh, nt, t_len, nh, b, n = _geometry(k, a, ce)
     dk, dv = k.shape[-1], v.shape[-1]
-    cd, dev = m0.dtype, k.device
+    cd, dev = a.dtype, k.device
     bd = _buffer_dtype(k, cd, kern["interpret"])
-    mf = _empty((bh, dk, dv), cd, dev)
-    sf = _empty((bh, dk, dv), cd, dev) if mom else mf
-    man = _empty((bh, dk, dv), cd, dev)
+    mf = _empty((bh, dk, dv), m0.dtype, dev)
+    sf = _empty((bh, dk, dv), s0.dtype, dev) if mom else mf
+    man = _empty((bh, dk, dv), m0.dtype, dev)
     ms = _empty((bh, nt, dk, dv), bd, dev)
     ss = _empty((bh, nt, dk, dv), bd, dev) if mom else ms
     dummy = ae
@@ -1009,7 +1033,7 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
         dk, dv = q.shape[-1], v.shape[-1]
         hl = n - b
         nc = bh * nt
-        cd, dev = m0.dtype, q.device
+        cd, dev = a.dtype, q.device
         hk_, hv_ = _halo_args(k, v, hk, hv)
         _, _, ms, ss, _ = _launch_states(kern, k, v, hk_, hv_, a, ae, be, te, ce, cse, m0, s0,
                                          mom, l2)
@@ -1041,14 +1065,15 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
             u,
             w,
             ws,
-            dmf,
-            dsf if mom else dmf,
-            dman,
+            dummy if dmf is None else dmf,
+            dummy if dsf is None else dsf,
+            dummy if dman is None else dman,
             dme,
             dse,
             dm0,
             ds0,
             *geo,
+            int(dmf is not None),
         )
         _call(kern, "bwd_dh", bh, dk, dv, args, consts)
         del w, ws
@@ -1297,11 +1322,12 @@ def _kernels() -> dict:
         LOWP: tl.constexpr,
     ):
         # sequential over chunks; one program: one (batch*head, Dv column block), its M (S)
-        # block in registers. Writes every chunk-start state (the buffer's dtype), the
-        # start state of the last chunk (the anchor) and the final one (computation dtype).
+        # block in registers (computation dtype: the coefficients'). Reads M_0 (S_0) and
+        # writes the final states and the start state of the last chunk (the anchor) in
+        # their buffers' dtypes, and every chunk-start state (the state buffers' dtype).
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
-        cd = m0_ptr.dtype.element_ty
+        cd = ae_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         st_off = i_bh * DK * DV + kv_off
         m, s = _state_pair(m0_ptr, s0_ptr, st_off, mkv, cd, MOMENTUM)
@@ -1409,14 +1435,18 @@ def _kernels() -> dict:
     @triton.jit
     def _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR, ol,
                 ml, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr):
-        # one tile's rows of U = -(C ∘ Q K_I^T)^T dO
+        # one tile's rows of U = -P^T dO, P = C ∘ Q K_r^T. P^T = C^T ∘ K_r Q^T is built
+        # directly (C read transposed), not as tl.trans of a dot result: on an H100 (Triton
+        # 3.7.1) that transpose read past its shared memory at Dk = 128 with the 16-row halo
+        # tile (compute-sanitizer: an invalid __shared__ read in this line, then a fault).
         cd = do.dtype
         dd = qq.dtype
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
-        cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N).to(cd)
-        p = cc * tl.dot(qq, tl.trans(kk), input_precision="ieee")
-        u = -tl.dot(tl.trans(p).to(dd), do.to(dd), input_precision="ieee")
+        ct = tl.load(c_ptr + (cj * L + ol[None, :]) * N + r[:, None],
+                     mask=mr[:, None] & ml[None, :], other=0.0).to(cd)  # C[:, r]^T
+        pt = ct * tl.dot(kk, tl.trans(qq), input_precision="ieee")
+        u = -tl.dot(pt.to(dd), do.to(dd), input_precision="ieee")
         _rows_store(u_ptr, cj, N, r, mr, ov, mv, DV, u)
 
     @triton.jit
@@ -1527,6 +1557,7 @@ def _kernels() -> dict:
         N,
         DK,
         DV,
+        DMI,
         BL: tl.constexpr,
         BH: tl.constexpr,
         BK: tl.constexpr,
@@ -1537,13 +1568,15 @@ def _kernels() -> dict:
         LOWP: tl.constexpr,
     ):
         # sequential reverse over chunks; dM (dS) block in registers. Writes every chunk's
-        # dM_end (dS_end) and dM_0 (dS_0).
+        # dM_end (dS_end) and dM_0 (dS_0). DMI = 0: the final states and the anchor have no
+        # cotangent (their pointers are stand-ins, never read): dM starts at zero.
         i_bh = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
-        cd = dmf_ptr.dtype.element_ty
+        cd = ae_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         st_off = i_bh * DK * DV + kv_off
-        dm, ds = _state_pair(dmf_ptr, dsf_ptr, st_off, mkv, cd, MOMENTUM)
+        mkv_in = mkv & ((ok[:, None] * 0 + DMI) != 0)
+        dm, ds = _state_pair(dmf_ptr, dsf_ptr, st_off, mkv_in, cd, MOMENTUM)
         for jj in range(NT):
             j = NT - 1 - jj
             cj = i_bh * NT + j
@@ -1568,7 +1601,7 @@ def _kernels() -> dict:
                 ds = dss
             # the anchor output is the start state of the last chunk
             last = (ok[:, None] * 0 + j) == NT - 1
-            dan = tl.load(dan_ptr + st_off, mask=mkv & last, other=0.0).to(cd)
+            dan = tl.load(dan_ptr + st_off, mask=mkv_in & last, other=0.0).to(cd)
             dm = dms + dan
         tl.store(dm0_ptr + st_off, dm, mask=mkv)
         if MOMENTUM:
