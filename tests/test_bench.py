@@ -554,6 +554,10 @@ def test_torch_bytes_gd_coefficients_stay_out_of_torch(window):
                           "aten::constant_pad_nd", "aten::cat", "aten::unfold_backward"}, ops
     qkv = 3 * 256 * 64 * 2 / 1e9  # q, k, v in fp16, GB
     assert res["fwd"]["gb"] < 0.1 * qkv and res["fwd_bwd"]["gb"] < qkv, res
+    # host work: the two autograd functions and the used leaves' accumulations (q, k, v,
+    # alpha, eta) are the only backward nodes (no head-major views turned back)
+    assert res["fwd_bwd"]["autograd_nodes"] <= 7, res["fwd_bwd"]
+    assert res["fwd_bwd"]["calls"] <= (20 if window == 1 else 30), res["fwd_bwd"]
 
 
 def test_host_time_attributes_the_calls_host_time(tmp_path):
@@ -584,3 +588,27 @@ def test_host_time_attributes_the_calls_host_time(tmp_path):
                     "--tokens", "64", "--width", "32", "--window", "1", "--calls", "1",
                     "--dtype", "float32", "--json", str(tmp_path / "h.json")]) == 0
     assert json.loads((tmp_path / "h.json").read_text())["cells"][0]["window"] == 1
+
+
+def test_bench_group_budgets_weight_fla(monkeypatch):
+    """Each group gets its share of what is left of the budget, fla ``GROUP_WEIGHTS``
+    shares (it autotunes per shape), and a group's unspent time goes to the later ones."""
+    settings = ks.default_settings("cpu", quick=True, head_dims=(16,), ts=(64,),
+                                   windows=(1, 4), budget_s=650.0)
+    budgets: dict[str, float] = {}
+
+    def run(cmd, timeout, env=None, capture=True, cwd=gc.PACKAGE_ROOT):
+        spec = json.loads(Path(cmd[-2]).read_text())
+        budgets[f"{spec['impls'][0]} {spec['windows']}"] = spec["budget_s"] + 10.0
+        return 1, ""  # a lost group: its cells become error rows, no time spent
+
+    monkeypatch.setattr(gc, "run_child", run)
+    monkeypatch.setattr(ks, "environment", lambda device, fla=None: {"device": device})
+    res = gc.run_bench_isolated(settings, FakeFla(), time.monotonic())
+    assert list(budgets) == ["triton [1]", "fla [1, 4]", "triton [4]", "torch [1]",
+                             "torch [4]", "sdpa [1, 4]"]
+    w = gc.GROUP_WEIGHTS["fla"]
+    assert budgets["triton [1]"] == pytest.approx(650.0 / (5 + w), rel=1e-3)
+    assert budgets["fla [1, 4]"] == pytest.approx(w * 650.0 / (4 + w), rel=1e-3)
+    assert budgets["sdpa [1, 4]"] == pytest.approx(650.0, rel=1e-3)  # nothing was spent
+    assert all(r["status"] == "error" for r in res["rows"])

@@ -64,12 +64,12 @@ def reference(opt, obj, c, b, shape=SHAPE, round_to=None):
                     round_to=round_to)
 
 
-def triton_run(device, dtype, opt, obj, c, b, shape=SHAPE, round_to=None):
+def triton_run(device, dtype, opt, obj, c, b, shape=SHAPE, round_to=None, **kw):
     n0 = omega_triton.stats["backward"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no fallback allowed here
         got = run_case("triton", dtype, device, opt, obj, c, b, make_inputs(*shape),
-                       round_to=round_to)
+                       round_to=round_to, **kw)
     assert omega_triton.stats["backward"] == n0 + 1, "the Triton kernels did not run"
     return got
 
@@ -231,6 +231,23 @@ def test_chained_calls(device, opt):
         for n in ref:
             if n != "pos":
                 assert rel_err(ref[n], res[n]) <= budget, n
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt,c", [("gd", 1), ("gd", 3), ("momentum", 3)])
+def test_output_only_loss(device, opt, c):
+    """A loss on the output alone: no state output has a cotangent, so the backward starts
+    dM at zero without zero-filled cotangent buffers (``_omega_bwd_dh`` with ``DMI = 0``);
+    every gradient, ``M_0``'s included, still matches the reference."""
+    dtype = F64 if device == "cpu" else F32
+    ref = run_case("reference", F64, "cpu", opt, "l2", c, 4, make_inputs(*SHAPE),
+                   state_loss=False)
+    got = triton_run(device, dtype, opt, "l2", c, 4, state_loss=False)
+    full = reference(opt, "l2", c, 4)
+    assert max(rel_err(full[n], ref[n]) for n in ref if n.startswith("d_")) > 1e-2  # dropped
+    budget = 1e-10 if dtype == F64 else 1e-5
+    for n in ref:
+        assert rel_err(ref[n], got[n]) <= budget, n
 
 
 # ---------------------------------------------------------------- 3. fallbacks

@@ -110,11 +110,13 @@ def run_case(
     b: int,
     inputs: dict[str, torch.Tensor],
     round_to: torch.dtype | None = None,
+    state_loss: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Outputs, final states and gradients of ``loss = <o, co> + <M, cm> (+ <S, cs>) +
-    <anchor, ca>`` w.r.t. q, k, v, every gate and ``M_0``, detached on CPU. Inputs are
-    first rounded to ``round_to`` (if given), so a float64 reference sees the exact values
-    a low-precision run gets."""
+    <anchor, ca>`` (``state_loss=False``: ``<o, co>`` alone, no state output has a
+    cotangent) w.r.t. q, k, v, every gate and ``M_0``, detached on CPU. Inputs are first
+    rounded to ``round_to`` (if given), so a float64 reference sees the exact values a
+    low-precision run gets."""
     from atlas_search.ops import omega_linear
 
     names = ["q", "k", "v", "alpha", "eta", "gamma", "m0"] + ([] if opt == "gd" else ["theta"])
@@ -127,11 +129,13 @@ def run_case(
         theta=leaves.get("theta"), window=c, chunk_size=b, optimizer=opt, objective=obj,
         initial_state=leaves["m0"], backend=backend,
     )
-    loss = (o * cot["co"]).sum() + (st.memory * cot["cm"]).sum()
-    loss = loss + (st.anchor * cot["ca"]).sum()
+    loss = (o * cot["co"]).sum()
+    if state_loss:
+        loss = loss + (st.memory * cot["cm"]).sum() + (st.anchor * cot["ca"]).sum()
     out = {"o": o, "memory": st.memory, "anchor": st.anchor}
     if opt != "gd":
-        loss = loss + (st.momentum * cot["cs"]).sum()
+        if state_loss:
+            loss = loss + (st.momentum * cot["cs"]).sum()
         out["momentum"] = st.momentum
     grads = torch.autograd.grad(loss, list(leaves.values()))
     out.update({"d_" + n: g for n, g in zip(leaves, grads, strict=True)})

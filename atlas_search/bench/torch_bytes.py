@@ -55,7 +55,9 @@ def _read_bytes(event) -> int:
 def measure(head_dim: int = 64, window: int = 1, t: int = 2048, tokens: int = 32768,
             width: int = 2048, chunk: int = 64) -> dict:
     """``{"fwd": {...}, "fwd_bwd": {...}}``, each with ``ops`` (leaf aten ops run),
-    ``gb`` (bytes read, scaled to ``tokens``) and ``by_op`` (GB per op name)."""
+    ``gb`` (bytes read, scaled to ``tokens``), ``by_op`` (GB per op name), ``calls`` (every
+    top-level profiler event: views, the autograd functions and engine steps included) and
+    ``autograd_nodes`` (backward nodes the engine ran)."""
     os.environ.setdefault("TRITON_INTERPRET", "1")
     import torch
 
@@ -90,8 +92,10 @@ def measure(head_dim: int = 64, window: int = 1, t: int = 2048, tokens: int = 32
             by_op: collections.Counter = collections.Counter()
             for e in leaves:
                 by_op[e.name] += _read_bytes(e) * scale / 1e9
+            top = [e for e in prof.events() if e.cpu_parent is None]
             out[phase] = {"ops": len(leaves), "gb": sum(by_op.values()),
-                          "by_op": dict(by_op.most_common())}
+                          "by_op": dict(by_op.most_common()), "calls": len(top),
+                          "autograd_nodes": sum("evaluate_function" in e.name for e in top)}
         return out
     finally:
         ot._call, ot._call_plain, ot._dqk_bk = real, real_plain, real_bk
@@ -115,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
         top = ", ".join(f"{k.removeprefix('aten::')} {v:.2f}" for k, v in
                         list(r["by_op"].items())[: args.top])
         print(f"D={args.head_dim} c={args.window} T={args.t} {phase}: {r['ops']} torch ops "
-              f"reading {r['gb']:.2f} GB ({top})")
+              f"reading {r['gb']:.2f} GB ({top}); {r['calls']} top-level calls, "
+              f"{r['autograd_nodes']} autograd nodes")
     return 0
 
 

@@ -186,21 +186,21 @@ def omega_linear(
             raise ValueError(f"gate {name} must have shape {tuple(gshape)}")
 
     st = _initial_state(initial_state, q, v, window, optimizer)
-    args = [x.transpose(1, 2) for x in (q, k, v, alpha, eta, gamma)]
-    th = None if theta is None else theta.transpose(1, 2)  # None: gd (the kernels skip it)
     res = None
     if backend in ("triton", "auto"):
         from . import omega_triton  # (imports no triton until a kernel is needed)
 
-        res = omega_triton.run(backend, *args, th, st, window, chunk_size, optimizer,
-                               objective)
+        # token-major in and out (theta None for gd: the kernels skip it)
+        res = omega_triton.run(backend, q, k, v, alpha, eta, gamma, theta, st, window,
+                               chunk_size, optimizer, objective)
     if res is not None:
         o, st = res
     else:
-        if th is None:
-            th = q.new_ones(gshape).transpose(1, 2)  # unused by gd
+        args = [x.transpose(1, 2) for x in (q, k, v, alpha, eta, gamma)]
+        th = (q.new_ones(gshape) if theta is None else theta).transpose(1, 2)  # gd: unused
         run = _omega_reference if backend == "reference" else _omega_torch
         o, st = run(*args, th, st, window, chunk_size, optimizer, objective, ns_steps)
+        o = o.transpose(1, 2)
     state = OmegaState(
         st.memory,
         st.momentum,
@@ -210,7 +210,7 @@ def omega_linear(
         st.halo_gamma.transpose(1, 2),
         st.position,
     )
-    return o.transpose(1, 2), state
+    return o, state
 
 
 def _with_halo(halo: Tensor, x: Tensor) -> Tensor:

@@ -288,10 +288,13 @@ def run(
     optimizer: str,
     objective: str,
 ) -> tuple[Tensor, _State] | None:
-    """Run the Triton path on head-major inputs ``[B, H, T, ...]`` (``theta``: ``None`` for
-    gd, which never reads it) if ``backend`` (``"triton"`` or ``"auto"``) and the case allow
-    it; ``None`` means "use the torch backend" (after a once-per-reason warning when
-    ``backend == "triton"``)."""
+    """Run the Triton path on the caller's token-major inputs ``q, k, v [B, T, H, D]``,
+    gates ``[B, T, H]`` (``theta``: ``None`` for gd, which never reads it) and the state
+    ``st`` (head-major halos) if ``backend`` (``"triton"`` or ``"auto"``) and the case
+    allow it; returns ``o [B, T, H, Dv]`` and the new state, or ``None``: "use the torch
+    backend" (after a once-per-reason warning when ``backend == "triton"``). No head-major
+    views are taken on the gd path: each would be one more view op and one more autograd
+    node per tensor in every call."""
     explicit = backend == "triton"
 
     def no(reason: str, msg: str) -> None:
@@ -299,7 +302,7 @@ def run(
             _warn_once(reason, msg)
         return None
 
-    if optimizer not in ("gd", "momentum") or q.shape[2] == 0:
+    if optimizer not in ("gd", "momentum") or q.shape[1] == 0:
         return None  # muon: batched torch Newton-Schulz by design; empty: nothing to do
     if not explicit and not q.is_cuda:
         return None  # auto: Triton only for CUDA tensors (no import, no warning)
@@ -312,7 +315,7 @@ def run(
             f"chunk boundary (chunk size {b}); the kernel starts chunks at multiples of b",
         )
     dk = q.shape[-1]
-    seq = q.shape[1] * (q.shape[2] + b) * max(dk, v.shape[-1])  # one sequence, padded
+    seq = q.shape[2] * (q.shape[1] + b) * max(dk, v.shape[-1])  # one sequence, padded
     if dk > MAX_DK or b + c - 1 > MAX_WINDOW_ROWS or seq >= 2**31:
         return no(
             "shape",
@@ -426,7 +429,7 @@ def _forward(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective):
 
 
 def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, objective):
-    bsz, nh, t_len = q.shape[:3]
+    bsz, t_len, nh = q.shape[:3]
     hl = c - 1
     nt = -(-t_len // b)
     n = b + hl
@@ -434,20 +437,22 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     momentum = optimizer == "momentum"
     if not momentum:  # the coefficients and their chunk ends in one kernel, from the gates
         hg = _flat(st.halo_gamma) if hl else None
-        coef = _GdCoeffs.apply(_tokens(alpha), _tokens(eta), _tokens(gamma), hg, b, n, cd)
+        coef = _GdCoeffs.apply(alpha.contiguous(), eta.contiguous(), gamma.contiguous(), hg,
+                               b, n, cd)
         cum_a, c_m, c_end, a_end = coef
         bm = bm_end = th_end = cs_end = None
-    else:
+    else:  # momentum: torch coefficients over head-major gates [B, H, T]
+        ah, eh, gh, thh = (x.transpose(1, 2) for x in (alpha, eta, gamma, theta))
         pad = nt * b - t_len
 
         def tpad(x: Tensor) -> Tensor:  # zero-pad the time dim (2) to NT * b
             return x if pad == 0 else F.pad(x, (0, 0) * (x.dim() - 3) + (0, pad))
 
-        gx = _with_halo(st.halo_gamma, tpad(gamma)).to(cd)
+        gx = _with_halo(st.halo_gamma, tpad(gh)).to(cd)
         gw = _blocks(gx, 0, nt, n, b)  # [B,H,NT,N] (small: the gates)
-        al = F.pad(alpha.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
-        et = F.pad(eta.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
-        th = F.pad(theta.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
+        al = F.pad(ah.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
+        et = F.pad(eh.to(cd), (0, pad), value=0.0).reshape(bsz, nh, nt, b)
+        th = F.pad(thh.to(cd), (0, pad), value=1.0).reshape(bsz, nh, nt, b)
         wmat = _window_weights(gw, b, hl)  # W [B,H,NT,b,N] (c = 1: its diagonal)
         cum_a, c_m, c_s, b_m, cum_th = _dual_coeffs(al, et, th, wmat, momentum)
         last = (t_len - 1) % b
@@ -461,9 +466,9 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
     s0 = st.momentum if momentum else None
     m0 = st.memory
     o, m_fin, s_fin, m_anchor = _ChunkScan.apply(
-        _tokens(q),
-        _tokens(k),
-        _tokens(v),
+        q.contiguous(),
+        k.contiguous(),
+        v.contiguous(),
         st.halo_k,
         st.halo_v,
         cum_a,
@@ -478,16 +483,13 @@ def _forward_impl(q, k, v, alpha, eta, gamma, theta, st, c, b, optimizer, object
         s0,
         objective == "l2",
     )
-    o = o.transpose(1, 2)  # [B, H, T, Dv] view of the token-major output
     m_fin = m_fin.to(m0.dtype)
     anchor = m_fin if t_len % b == 0 else m_anchor.to(m0.dtype)
     new = _State(
         m_fin,
         s_fin.to(s0.dtype) if momentum else None,
         anchor,
-        _new_halo(st.halo_k, k),
-        _new_halo(st.halo_v, v),
-        _new_halo(st.halo_gamma, gamma),
+        *_new_halos(st, k, v, gamma, hl),
         st.position + t_len,
     )
     return o, new
@@ -507,11 +509,14 @@ def _chunk_ends(x: Tensor, nt_dim: int, last: int) -> Tensor:
     return torch.cat([head, tail], dim=nt_dim)
 
 
-def _tokens(x: Tensor) -> Tensor:
-    """Head-major view ``[B, H, T, D]`` -> token-major ``[B, T, H, D]`` contiguous: a view
-    of the caller's tensor when it is token-major already (the layout the model's
-    projections give), else one copy. The kernels read and write this layout directly."""
-    return x.transpose(1, 2).contiguous()
+def _new_halos(st: _State, k: Tensor, v: Tensor, gamma: Tensor, hl: int
+               ) -> tuple[Tensor, Tensor, Tensor]:
+    """The new state's halos (head-major, :func:`omega_linear._new_halo`) from token-major
+    ``k, v, gamma``; window 1 keeps the empty ones (no views taken)."""
+    if not hl:
+        return st.halo_k, st.halo_v, st.halo_gamma
+    return tuple(_new_halo(h, x.transpose(1, 2))
+                 for h, x in ((st.halo_k, k), (st.halo_v, v), (st.halo_gamma, gamma)))
 
 
 def _windows(x: Tensor, hx: Tensor | None, b: int, nt: int) -> Tensor:
