@@ -238,7 +238,7 @@ def bench_groups(settings) -> list[tuple[str, tuple[int, ...] | None]]:
     return groups
 
 
-GROUP_WEIGHTS = {"fla": 2.5}
+GROUP_WEIGHTS = {"fla": 3.0}
 """Share of the benchmark budget per group, relative to 1 for the others: fla autotunes
 its kernels at every new shape (on an H100 about 13 s per cell, against about 5 s for a
 cell of our kernels, whose autotune keys do not hold ``T``)."""
