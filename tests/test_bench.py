@@ -541,9 +541,9 @@ def test_config_check_needs_cuda_and_skips_refused_shapes():
 def test_torch_bytes_gd_coefficients_stay_out_of_torch(window):
     """The Triton path's torch side (kernels stubbed): the gd dual-form coefficients are
     built and differentiated by the coefficient kernels from the gates as given (no torch
-    op pads, windows, builds or differentiates them), and q, k, v are read in place: what
-    torch still reads is the initial state's conversion and, for c > 1, the halo rows'
-    gradients added into their tokens: under one pass over q, k, v."""
+    op pads, windows, builds or differentiates them), and q, k, v and the initial state are
+    read in place: what torch still reads is, for c > 1, the halo rows' gradients added
+    into their tokens: under one pass over q, k, v."""
     from atlas_search.bench.torch_bytes import measure
 
     res = measure(head_dim=16, window=window, t=256, tokens=256, width=64, chunk=16)

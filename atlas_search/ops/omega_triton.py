@@ -742,9 +742,10 @@ class _ChunkScan(torch.autograd.Function):
         s0 = next(it) if mom else None
         cots = [dmf, dsf if mom else None, dman]
         cots = [None if g is None or g.numel() == 0 else g for g in cots]
+        any_cot = any(g is not None for g in cots)
 
         def flat_grad(g):  # None when no state output has a cotangent (DMI = 0)
-            if all(x is None for x in cots):
+            if not any_cot:
                 return None
             return torch.zeros(m0.shape, dtype=cd, device=m0.device) if g is None else \
                 _flat(g, cd)
