@@ -3,6 +3,7 @@ and resume, worker death and retry."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from optuna.trial import TrialState
 
 from atlas_search.models import build_model
 from atlas_search.search.driver import Driver, SearchOptions
+from atlas_search.search.factory import derive_seed
 from atlas_search.search.results import export_best, open_study
 from atlas_search.spec import load, loads
 
@@ -176,3 +178,137 @@ def test_resuming_with_changed_choices_is_refused(tmp_path):
     again = Driver(loads(first, "c.yaml"), SearchOptions(runs=tmp_path, executor="inline"),
                    listener=lambda p: None).run()
     assert again.finished == 2
+
+
+def _float_space(name: str, n: int) -> str:
+    """A tiny space with a float dimension (no enqueued baseline): repeats are not chance."""
+    return (space_text(name, n=n, steps=2, pruner="{name: none}")
+            .replace("lr: {choice: [3.0e-3, 1.0e-6]}", "lr: {float: [1.0e-4, 1.0e-2], log: true}")
+            .replace("  enqueue: [deltanet]\n", ""))
+
+
+def test_resumed_run_draws_new_points_and_logs_every_event(cli, tmp_path):
+    path = tmp_path / "resume.yaml"
+    path.write_text(_float_space("resume", n=2))
+    res = cli("run", path, "--inline", "--runs", tmp_path)  # stdout is not a terminal here
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    for event in ("trial 0 started", "trial 1 started"):
+        assert lines.count(event) == 1, res.stdout  # each event once, as a plain line
+    for n in (0, 1):
+        assert sum(line.startswith(f"trial {n} complete: ") for line in lines) == 1
+    assert "finished 2/2" in res.stdout
+
+    first = [t.params for t in open_study(tmp_path / "resume").trials]
+    space = loads(_float_space("resume", n=2), "resume.yaml")
+    driver = Driver(space, SearchOptions(runs=tmp_path, executor="inline", n_trials=4),
+                    listener=lambda p: None)
+    assert driver.sampler_seed == derive_seed(0, 2)  # (seed, trials at start); none live
+    driver.run()
+    trials = open_study(tmp_path / "resume").trials
+    assert len(trials) == 4 and [t.params for t in trials[:2]] == first
+    assert not [t.params for t in trials[2:] if t.params in first]  # the stream moved on
+
+
+def test_sampler_seed_rule(tmp_path):
+    space = loads(_float_space("seeds", n=2), "seeds.yaml")
+    opts = SearchOptions(runs=tmp_path, executor="inline")
+    alone = Driver(space, opts)
+    assert alone.sampler_seed == 0  # an empty study: the spec seed
+    alone._retire()  # what run() does at its end: no longer live
+    assert Driver(space, opts).sampler_seed == 0  # this one beats and stays live, so
+    third = Driver(space, opts)  # the next one mixes its own id in
+    assert third.sampler_seed not in (0, derive_seed(0, 0))
+    assert third.sampler_seed == derive_seed(0, 0, third.driver_id)
+
+
+def test_requeue_stale_marks_the_trial_not_final(cli, tmp_path):
+    space = loads(_float_space("stale", n=2), "stale.yaml")
+    driver = Driver(space, SearchOptions(runs=tmp_path, executor="inline"))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    trial = driver.study.ask()
+    for key, value in (("driver", "gone"), ("driver_host", driver.host),
+                       ("driver_pid", dead.pid)):
+        trial.set_user_attr(key, value)
+    assert driver.requeue_stale() == [trial.number]
+    res = cli("status", tmp_path / "stale", "--json")
+    assert res.exit_code == 0, res.output
+    rows = {r["number"]: r for r in json.loads(res.stdout)["trials"]}
+    assert rows[trial.number]["state"] == "FAIL" and rows[trial.number]["requeued"] is True
+    waiting = [t for t in driver.study.trials if t.state == TrialState.WAITING]
+    assert [t.user_attrs["requeued_from"] for t in waiting] == [trial.number]
+    # a trial another driver has just asked for and not yet tagged is not stale
+    fresh = driver.study.ask()
+    assert driver.requeue_stale() == []
+    assert driver.study.trials[fresh.number].state == TrialState.RUNNING
+
+
+@pytest.mark.parametrize("command", ["status", "export", "report"])
+def test_sqlite_storage_is_refused_without_a_traceback(cli, tmp_path, command):
+    res = cli(command, tmp_path / "x", "--storage", f"sqlite:///{tmp_path}/x.db")
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: storage sqlite:///") and "SQLite" in res.stderr
+    assert "Traceback" not in res.output and len(res.stderr.splitlines()) == 1
+
+
+def test_bad_storage_and_run_folder_exit_2_at_once(cli, tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(_float_space("bad", n=2))
+    start = time.perf_counter()
+    res = cli("run", path, "--storage", "foo://bar", "--runs", tmp_path)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.startswith("error: storage foo://bar: ") and "Traceback" not in res.output
+    assert time.perf_counter() - start < 2.0  # no retries (they sleep >= 2 s in all)
+    (tmp_path / "afile").write_text("")
+    res = cli("run", path, "--runs", tmp_path / "afile", "--inline")
+    assert res.exit_code == 2 and res.stderr.startswith("error: run folder "), res.output
+
+
+def test_retry_race_retries_only_races():
+    from atlas_search.search.factory import retry_race
+
+    calls = []
+
+    def boom() -> None:
+        calls.append(1)
+        raise RuntimeError("connection refused")
+
+    with pytest.raises(RuntimeError):
+        retry_race(boom)
+    assert len(calls) == 1
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "SPACE", "--parallel", "0"], ["run", "SPACE", "--n-trials", "0"],
+    ["run", "SPACE", "--n-trials", "-1"], ["run", "SPACE", "--timeout", "-5"],
+    ["run", "SPACE", "--timeout", "0"], ["export", "RUN", "--top", "0"],
+    ["export", "RUN", "--top", "-2"]])
+def test_counts_below_one_are_refused(cli, tmp_path, args):
+    path = tmp_path / "s.yaml"
+    path.write_text(_float_space("s", n=2))
+    args = [{"SPACE": path, "RUN": tmp_path / "s"}.get(a, a) for a in args]
+    res = cli(*args, "--runs", tmp_path) if args[0] == "run" else cli(*args)
+    assert res.exit_code == 2, res.output
+    assert args[2] in res.stderr and not (tmp_path / "s").exists()
+
+
+def test_driver_refuses_counts_below_one(tmp_path):
+    space = loads(_float_space("neg", n=2), "neg.yaml")
+    for opts in ({"parallel": 0}, {"n_trials": -1}, {"timeout": 0.0}):
+        with pytest.raises(ValueError, match="must be"):
+            Driver(space, SearchOptions(runs=tmp_path, executor="inline", **opts))
+
+
+def test_interrupt_message_starts_its_own_line(cli, tmp_path, monkeypatch):
+    path = tmp_path / "int.yaml"
+    path.write_text(_float_space("int", n=2))
+
+    def interrupted(self: Driver) -> None:
+        self._event("trial 0 started")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Driver, "run", interrupted)
+    res = cli("run", path, "--inline", "--runs", tmp_path)
+    assert res.exit_code == 130, res.output
+    assert "trial 0 started\ninterrupted: " in res.output

@@ -34,6 +34,13 @@ def _space(path: Path) -> Space:
     return spec
 
 
+def _positive(value: float | None) -> float | None:
+    """typer callback: a timeout must be > 0 seconds."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"{value:g} is not > 0 (seconds)")
+    return value
+
+
 @app.command()
 def run(
     space_file: Annotated[Path, typer.Argument(help="a search-space YAML", metavar="SPACE")],
@@ -42,24 +49,29 @@ def run(
     storage: Annotated[str | None, typer.Option(help="Optuna storage URL (postgresql://... "
                                                 "across machines); default runs/NAME/"
                                                 "journal.log")] = None,
-    parallel: Annotated[int | None, typer.Option(help="trials in flight")] = None,
-    n_trials: Annotated[int | None, typer.Option(help="finished trials to reach")] = None,
-    timeout: Annotated[float | None, typer.Option(help="seconds before no new trial starts")
-                       ] = None,
+    parallel: Annotated[int | None, typer.Option(help="trials in flight", min=1)] = None,
+    n_trials: Annotated[int | None, typer.Option(help="finished trials to reach", min=1)
+                        ] = None,
+    timeout: Annotated[float | None, typer.Option(help="seconds (> 0) before no new trial starts",
+                                                  callback=_positive)] = None,
     inline: Annotated[bool, typer.Option(help="run trials in this process, one at a time "
                                          "(debugging; no Ray)")] = False,
     runs: Annotated[Path, typer.Option(help="folder of run folders")] = RUNS,
 ) -> None:
-    """Search a space: Optuna samples, Ray runs the trials; rerun to resume."""
+    """Search a space: Optuna samples, Ray runs the trials; rerun to resume. On a terminal
+    a live display; otherwise (a log file, a pipe) one plain line per event."""
     space = _space(space_file)
     from ..search.driver import Driver, SearchOptions
+    from ..search.executors import ClusterError
+    from ..search.factory import shown_url
 
     opts = SearchOptions(address=address, storage=storage, parallel=parallel,
                          n_trials=n_trials, timeout=timeout, runs=runs,
                          executor="inline" if inline else "ray")
     bar = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                    TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"), console=out)
-    job = bar.add_task(space.study.name, total=opts.n_trials or space.study.n_trials, eta="-")
+    total = opts.n_trials if opts.n_trials is not None else space.study.n_trials
+    job = bar.add_task(space.study.name, total=total, eta="-")
     started = time.time()
     first: dict[str, int] = {}
     stats = Text()
@@ -77,18 +89,32 @@ def run(
                        f"failed {p.failed} | best {p.best}")
         events.plain = "\n".join(p.events[-4:])
 
+    def line(text: str) -> None:
+        out.print(text, markup=False, soft_wrap=True)
+        out.file.flush()
+
+    live = out.is_terminal
     try:
-        driver = Driver(space, opts, listener=show, space_text=space_file.read_text())
+        driver = Driver(space, opts, listener=show if live else None,
+                        space_text=space_file.read_text(), on_event=None if live else line)
     except ValueError as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
-    out.print(f"study {space.study.name}: storage {driver.url}", markup=False)
+    out.print(f"study {space.study.name}: storage {shown_url(driver.url)}", markup=False)
     try:
-        with Live(Group(bar, stats, events), console=out, refresh_per_second=4,
-                  transient=False):
+        if live:
+            with Live(Group(bar, stats, events), console=out, refresh_per_second=4,
+                      transient=False):
+                progress = driver.run()
+            out.print()
+        else:
             progress = driver.run()
-        out.print()
+    except ClusterError as exc:
+        out.file.flush()  # every stdout line is complete (the live display ends its own)
+        err.print(f"error: {exc}", markup=False)
+        raise typer.Exit(2) from None
     except KeyboardInterrupt:
+        out.file.flush()
         err.print("interrupted: running trials were re-queued; rerun the same command to "
                   "continue", markup=False)
         raise typer.Exit(130) from None
@@ -101,11 +127,12 @@ def run(
 
 
 def _open(run_dir: Path, storage: str | None):  # noqa: ANN202
+    from ..search.factory import StorageError
     from ..search.results import open_study
 
     try:
         return open_study(run_dir, storage)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, StorageError) as exc:
         err.print(f"error: {exc}", markup=False)
         raise typer.Exit(2) from None
 
@@ -156,7 +183,8 @@ def status(
 @app.command()
 def export(
     run_dir: Annotated[Path, typer.Argument(help="runs/NAME")],
-    top: Annotated[int, typer.Option(help="how many of the best (single objective)")] = 3,
+    top: Annotated[int, typer.Option(help="how many of the best (single objective)", min=1)
+                   ] = 3,
     out_dir: Annotated[Path | None, typer.Option("--out", help="default RUN_DIR/export")] = None,
     storage: Annotated[str | None, typer.Option(help="storage URL of a database study")] = None,
 ) -> None:

@@ -1,7 +1,14 @@
 """The search driver (DESIGN §7): one Optuna study driven by ask-and-tell on this process;
 each trial runs as a Ray task (or inline). The driver samples and checks constraints,
 keeps up to ``parallel`` trials in flight, retries trials whose worker died, records every
-failure reason on its trial, and re-queues trials left RUNNING by a driver that died."""
+failure reason on its trial, and re-queues trials left RUNNING by a driver that died.
+
+Sampler seeding: a driver seeds its sampler with the spec seed (``sampler.seed``, else
+``study.seed``) when the study holds no trial; otherwise with a seed hashed from (that
+seed, the number of trials in the study when the driver starts), so a resumed run draws
+new points instead of replaying the first run's stream. When another live driver (a
+heartbeat younger than ``STALE_S``) shares the study, the driver's own id is hashed in
+too, so concurrent drivers draw different streams (those seeds are not reproducible)."""
 
 from __future__ import annotations
 
@@ -11,6 +18,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +32,15 @@ from ..spec.space import Space, first_error
 from .executors import InlineExecutor, RayExecutor
 from .factory import (
     RUNS,
+    derive_seed,
     make_pruner,
     make_sampler,
     max_steps,
     open_storage,
     retry_race,
+    spec_seed,
+    storage_error,
+    storage_errors,
     storage_url,
 )
 from .worker import TrialJob
@@ -66,6 +78,16 @@ class Progress:
 
 
 Listener = Callable[[Progress], None]
+EventSink = Callable[[str], None]
+
+
+def check_options(opts: SearchOptions) -> None:
+    """Refuse counts below 1 and a timeout that is not positive (None keeps the spec's)."""
+    for name, value in (("n_trials", opts.n_trials), ("parallel", opts.parallel)):
+        if value is not None and value < 1:
+            raise ValueError(f"{name} must be >= 1, got {value}")
+    if opts.timeout is not None and not opts.timeout > 0:
+        raise ValueError(f"timeout must be > 0 seconds, got {opts.timeout}")
 
 
 def finished_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -87,25 +109,36 @@ def _alive(pid: int) -> bool:
 
 class Driver:
     def __init__(self, space: Space, opts: SearchOptions, listener: Listener | None = None,
-                 space_text: str | None = None) -> None:
+                 space_text: str | None = None, on_event: EventSink | None = None) -> None:
+        """Open (or create) the study and seed its sampler (see the module docstring).
+        ``listener`` gets the counts at each update, ``on_event`` each event line once, as
+        it happens. Bad options, an unusable run folder or storage raise ValueError."""
+        check_options(opts)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.space = space
         self.spec = space.study
         self.opts = opts
         self.listener = listener
+        self.on_event = on_event
         self.run_dir = opts.runs / self.spec.name
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if space_text is not None:
-            (self.run_dir / "space.yaml").write_text(space_text)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            if space_text is not None:
+                (self.run_dir / "space.yaml").write_text(space_text)
+        except OSError as exc:
+            raise ValueError(f"run folder {self.run_dir}: {exc.strerror or exc}") from exc
         self.url = storage_url(self.spec, opts.storage, opts.runs)
         self.storage = open_storage(self.url)
         self.max_steps = max_steps(space)
         self.pruner = make_pruner(self.spec.pruner, self.max_steps)
         directions = [o.direction for o in self.spec.objectives]
-        self.study = retry_race(lambda: optuna.create_study(
-            study_name=self.spec.name, storage=self.storage,
-            sampler=make_sampler(self.spec, space), pruner=self.pruner,
-            directions=directions, load_if_exists=True))
+        try:  # the real sampler is set below, once the trial count is known
+            self.study = retry_race(lambda: optuna.create_study(
+                study_name=self.spec.name, storage=self.storage,
+                sampler=optuna.samplers.RandomSampler(), pruner=self.pruner,
+                directions=directions, load_if_exists=True))
+        except storage_errors() as exc:
+            raise storage_error(self.url, exc) from exc
         have = [d.name.lower() for d in self.study.directions]
         if have != directions:
             raise ValueError(f"study {self.spec.name!r} in {self.url} has directions {have}, "
@@ -114,10 +147,28 @@ class Driver:
         self.study.set_user_attr("objectives", [o.metric for o in self.spec.objectives])
         self.driver_id = uuid.uuid4().hex[:12]
         self.host = socket.gethostname()
-        self.n_trials = opts.n_trials or self.spec.n_trials
-        self.parallel = opts.parallel or self.spec.parallel
+        self.n_trials = opts.n_trials if opts.n_trials is not None else self.spec.n_trials
+        self.parallel = opts.parallel if opts.parallel is not None else self.spec.parallel
         self.progress = Progress(self.n_trials)
         self._last_beat = 0.0
+        # beat before looking for other drivers: of two drivers starting together, the
+        # later one to look always sees the other's beat
+        self._beat(force=True)
+        self.sampler_seed = self._sampler_seed()
+        self.study.sampler = make_sampler(self.spec, space, self.sampler_seed)
+
+    def _sampler_seed(self) -> int:
+        """The module docstring's rule: the spec seed on an empty study; else hashed with
+        the trial count, and with this driver's id while another driver is live."""
+        seed = spec_seed(self.spec)
+        n = len(self.study.get_trials(deepcopy=False))
+        now = time.time()
+        others = [k for k, v in self.study.user_attrs.items()
+                  if k.startswith("driver:") and k != f"driver:{self.driver_id}"
+                  and now - float(v) <= STALE_S]
+        if not others:
+            return derive_seed(seed, n) if n else seed
+        return derive_seed(seed, n, self.driver_id)
 
     def _check_choices(self) -> None:
         """Optuna cannot change a categorical parameter's choices inside a study: refuse a
@@ -141,9 +192,18 @@ class Driver:
             self.study.set_user_attr(f"driver:{self.driver_id}", now)
             self._last_beat = now
 
+    def _retire(self) -> None:
+        """Mark this driver stopped (heartbeat 0), so it no longer counts as live."""
+        try:
+            self.study.set_user_attr(f"driver:{self.driver_id}", 0.0)
+        except Exception:  # noqa: BLE001  (best effort while stopping; the beat goes stale)
+            pass
+
     def requeue_stale(self) -> list[int]:
         """FAIL (not final) and re-queue RUNNING trials whose driver is gone: same host and
-        its process is dead, or its heartbeat is older than ``STALE_S``."""
+        its process is dead, or its heartbeat is older than ``STALE_S``. A RUNNING trial with
+        no owner yet (another driver between ``ask`` and tagging it) counts as gone only
+        once it started more than ``STALE_S`` ago."""
         beats = {k.split(":", 1)[1]: v for k, v in self.study.user_attrs.items()
                  if k.startswith("driver:")}
         requeued = []
@@ -151,14 +211,19 @@ class Driver:
             owner = t.user_attrs.get("driver")
             if owner == self.driver_id:
                 continue
-            same_host = t.user_attrs.get("driver_host") == self.host
-            pid = t.user_attrs.get("driver_pid")
-            dead = (same_host and isinstance(pid, int) and not _alive(pid)) or (
-                time.time() - float(beats.get(owner, 0.0)) > STALE_S)
+            if owner is None:
+                start = t.datetime_start
+                dead = start is None or (datetime.now() - start).total_seconds() > STALE_S
+            else:
+                same_host = t.user_attrs.get("driver_host") == self.host
+                pid = t.user_attrs.get("driver_pid")
+                dead = (same_host and isinstance(pid, int) and not _alive(pid)) or (
+                    time.time() - float(beats.get(owner, 0.0)) > STALE_S)
             if not dead:
                 continue
             self.storage.set_trial_user_attr(
                 t._trial_id, "fail_reason", "left RUNNING by a driver that stopped; re-queued")
+            self.storage.set_trial_user_attr(t._trial_id, FINAL, False)
             self.study.tell(t.number, state=TrialState.FAIL)
             attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset", "enqueued")}
             attrs["requeued_from"] = t.number
@@ -168,6 +233,8 @@ class Driver:
 
     def _event(self, text: str) -> None:
         self.progress.events = (self.progress.events + [text])[-6:]
+        if self.on_event is not None:
+            self.on_event(text)
 
     def _update(self) -> None:
         p = self.progress
@@ -252,7 +319,14 @@ class Driver:
     # ------------------------------------------------------------------ loop
     def run(self) -> Progress:
         """Run until ``n_trials`` trials are finished (or the timeout); returns the counts.
-        Ctrl-C cancels running trials and re-queues them for the next run."""
+        Ctrl-C cancels running trials and re-queues them for the next run. Raises
+        ClusterError (before touching the study) when Ray cannot start or join."""
+        try:
+            executor = (InlineExecutor() if self.opts.executor == "inline"
+                        else RayExecutor(self.opts.address, self.opts.object_store_mb))
+        except BaseException:
+            self._retire()
+            raise
         self._beat(force=True)
         requeued = self.requeue_stale()
         if requeued:
@@ -260,11 +334,9 @@ class Driver:
         if not self.study.get_trials(deepcopy=False):
             for params, attrs in self.space.enqueue_points():
                 self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
-        executor = (InlineExecutor() if self.opts.executor == "inline"
-                    else RayExecutor(self.opts.address, self.opts.object_store_mb))
         res = self.spec.resources
         flight: dict[Any, tuple[optuna.Trial, TrialJob, int]] = {}
-        deadline = time.time() + self.opts.timeout if self.opts.timeout else None
+        deadline = time.time() + self.opts.timeout if self.opts.timeout is not None else None
         if self.spec.timeout and (deadline is None or self.spec.timeout < self.opts.timeout):
             deadline = time.time() + self.spec.timeout
         self._update()
@@ -311,6 +383,7 @@ class Driver:
             raise
         finally:
             executor.shutdown()
+            self._retire()
         self._update()
         return self.progress
 

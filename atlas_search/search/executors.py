@@ -11,6 +11,11 @@ from typing import Any
 from .worker import TrialJob, run_trial
 
 
+class ClusterError(RuntimeError):
+    """Ray could not start or join the cluster: the address and the first line of the
+    cause."""
+
+
 class InlineExecutor:
     """Runs each trial in the driver process when ``wait`` is called (one at a time)."""
 
@@ -54,7 +59,13 @@ class RayExecutor:
                                           configure_logging=False)
             if address is None:
                 kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
-            ray.init(address=address, **kwargs)
+            try:
+                ray.init(address=address, **kwargs)
+            except Exception as exc:  # noqa: BLE001  (no cluster there, bad address, ...)
+                lines = str(exc).strip().splitlines()
+                where = f"Ray cluster {address!r}" if address else "local Ray"
+                raise ClusterError(f"{where}: {lines[0] if lines else type(exc).__name__}"
+                                   ) from exc
             self.started = True
         self._remote = ray.remote(_ray_trial)
         self._pending: dict[Any, TrialJob] = {}
