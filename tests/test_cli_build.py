@@ -46,3 +46,28 @@ def test_build_bad_file_exits_2(cli, tmp_path):
     path.write_text("model: {memory: {kind: mlp, feature_map: exp}}\n")
     res = cli("build", path)
     assert res.exit_code == 2 and "needs kind 'linear'" in res.stderr
+
+
+def test_build_mad_suite_measures_state_at_its_longest_setting(cli, tmp_path):
+    res = cli("build", SPACES / "mad.yaml", "--sample", "0")
+    assert res.exit_code == 0, res.output
+    assert "256 tokens, the longest MAD setting: selective_copying" in res.output
+    path = tmp_path / "mad.yaml"
+    path.write_text("task: {name: mad, tasks: [compression, memorization]}\n"
+                    "model: {preset: transformer, d_model: 16, n_layers: 1, n_heads: 2}\n")
+    res = cli("build", path)
+    assert res.exit_code == 0, res.output
+    # compression rows: 31 data tokens, then 31 markers
+    assert "62 tokens, the longest MAD setting: compression" in res.output
+    cfg = load(path)
+    info = summarize(build_model(cfg), 62)  # attention: the KV cache grows with length
+    assert info["state_size"] != summarize(build_model(cfg), 32)["state_size"]
+    total = next(line for line in res.output.splitlines() if "total" in line)
+    assert _numbers(total) == [info["params"], info["state_size"]]
+
+
+def test_schema_out_that_cannot_be_written_exits_2(cli, tmp_path):
+    for target, why in ((tmp_path / "no" / "s.json", "No such file"), (tmp_path, "a folder")):
+        res = cli("schema", "--out", target)
+        assert res.exit_code == 2 and "cannot write" in res.stderr and why in res.stderr
+        assert isinstance(res.exception, SystemExit)  # no traceback

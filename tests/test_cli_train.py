@@ -43,3 +43,62 @@ def test_train_rejects_a_space_and_bad_overrides(cli, tmp_path):
     space.write_text(TINY + "study: {name: s}\n")
     res = cli("train", space)
     assert res.exit_code == 2 and "search space" in res.stderr
+
+
+def _error(res) -> str:
+    """The one-line error of a refused command (exit 2, no traceback)."""
+    assert res.exit_code == 2, res.output
+    assert isinstance(res.exception, SystemExit), res.exception
+    return " ".join(res.stderr.split())
+
+
+def test_changed_configs_and_broken_checkpoints_exit_2(cli, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    run = tmp_path / "run"
+    assert cli("train", cfg, "--out", run, "--set", "train.steps=4").exit_code == 0
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [4] and isinstance(steps[0], int)
+
+    msg = _error(cli("eval", run, "--set", "model.d_model=32"))
+    assert "--set model.d_model=32" in msg and "only task.*" in msg
+    msg = _error(cli("eval", run, "--set", "task.vocab_size=128"))
+    assert "does not match the config with these --set changes" in msg and "(64, 16)" in msg
+
+    msg = _error(cli("train", cfg, "--out", run, "--resume", "--set", "train.lr=0.01",
+                     "--set", "train.seed=3", "--set", "model.d_model=32"))
+    assert "cannot resume" in msg and "model.d_model, train.lr, train.seed;" in msg
+    assert "# resolved config" in (run / "config.yaml").read_text()
+    assert "lr: 0.003" in (run / "config.yaml").read_text()  # kept as it was
+    assert "beyond train.steps 3" in _error(
+        cli("train", cfg, "--out", run, "--resume", "--set", "train.steps=3"))
+    res = cli("train", cfg, "--out", run, "--resume", "--set", "train.steps=8")  # extend
+    assert res.exit_code == 0 and "completed at step 8" in res.output, res.output
+
+    data = (run / "checkpoint.pt").read_bytes()
+    (run / "checkpoint.pt").write_bytes(data[: len(data) // 2])
+    for args in (("eval", run), ("train", cfg, "--out", run, "--resume")):
+        assert "cannot read checkpoint" in _error(cli(*args))
+
+    msg = _error(cli("train", cfg, "--out", cfg))
+    assert "a file is in the way" in msg
+
+
+def test_task_settings_the_generator_cannot_produce_exit_2(cli, tmp_path):
+    cfg = tmp_path / "comp.yaml"
+    cfg.write_text("task: {name: compression, vocab_size: 4, seq_len: 4, num_train: 500, "
+                   "num_test: 100}\ntrain: {steps: 2, batch_size: 4, warmup: 0}\n"
+                   "model: {preset: deltanet, d_model: 16, n_layers: 1, n_heads: 2}\n")
+    msg = _error(cli("train", cfg, "--out", tmp_path / "run"))
+    assert f"{cfg}: task: compression: every test sequence" in msg and "only 27 distinct" in msg
+
+
+def test_command_line_errors_name_the_flag(cli, tmp_path):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY)
+    msg = _error(cli("train", cfg, "--set", "train.steps=abc"))
+    assert "--set train.steps=abc: train.steps:" in msg and "tiny.yaml:3" not in msg
+    msg = _error(cli("mad", cfg, "--task", "memorization", "--task", "compresion"))
+    assert "--task 'compresion'" in msg and "did you mean 'compression'" in msg
+    for bad in ("0", "-5"):
+        assert cli("mad", cfg, "--max-train", bad).exit_code == 2

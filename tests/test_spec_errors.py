@@ -218,6 +218,52 @@ CASES = [
         None,
     ),
     ("deep nesting", "a: " + "[" * 500 + "]" * 500 + "\n", ["nesting deeper"], None),
+    (
+        "misspelt int distribution",
+        GOOD_SPACE_HEAD + "model:\n  memory: {depth: {itn: [2, 3]}}\n",
+        ["model.memory.depth.itn", "not a distribution", "did you mean 'int'"],
+        3,
+    ),
+    (
+        "misspelt choice on a literal field",
+        GOOD_SPACE_HEAD + "model:\n  memory: {kind: {chioce: [linear, mlp]}}\n",
+        ["model.memory.kind.chioce", "did you mean 'choice'"],
+        3,
+    ),
+    (
+        "misspelt float beside log",
+        GOOD_SPACE_HEAD + "train:\n  lr: {flaot: [1.0e-4, 1.0e-2], log: true}\n",
+        ["train.lr.flaot", "did you mean 'float'"],
+        3,
+    ),
+    (
+        "misspelt item of a list of names",
+        "task: {name: mad, tasks: [memorization, compresion]}\n",
+        ["task.tasks[1]", "'compresion' is not allowed", "did you mean 'compression'"],
+        1,
+    ),
+    (
+        "objective the task never reports",
+        "study:\n  name: s\n  objectives:\n    - {metric: accuracy, direction: maximize}\n"
+        "    - {metric: perplexity, direction: minimize}\n"
+        "model: {memory: {window: {choice: [1, 2]}}}\n",
+        ["study.objectives[1].metric", "task 'mqar' does not report 'perplexity'",
+         "it reports: accuracy, loss, tokens_per_s, params, state_size"],
+        5,
+    ),
+    (
+        "objective of another ptb level",
+        "study: {name: s, objectives: [{metric: perplexity, direction: minimize}]}\n"
+        "task: {name: ptb, level: char}\nmodel: {memory: {window: {choice: [1, 2]}}}\n",
+        ["task 'ptb' at level 'char' does not report 'perplexity'", "bpc"],
+        1,
+    ),
+    (
+        "when names a block",
+        GOOD_SPACE_HEAD + "model:\n  swa_window: {choice: [16, 32], when: {model.memory: 3}}\n",
+        ["'model.memory', which is a block, not a field", "model.memory.<field>", "kind"],
+        3,
+    ),
 ]
 
 

@@ -244,3 +244,42 @@ def test_sampling_is_deterministic_under_a_seed():
     rng = random.Random(0)
     values = space.random_values(rng)
     assert "model.memory.kind" in {".".join(map(str, p)) for p in values}
+
+
+def test_yaml_1_2_integers_and_strings_round_trip():
+    cfg = loads("train: {steps: 010, warmup: 0, eval_every: 09}\nname: '09'\n")
+    assert (cfg.train.steps, cfg.train.eval_every) == (10, 9)  # YAML 1.1 read 010 as 8
+    again = loads(dump_yaml(cfg.model_dump(mode="json")))
+    assert again == cfg and again.name == "09"  # the dumper quotes what reads as a number
+
+
+SPACE_WITH = """study: {{name: s, objectives: [{{metric: {metric}, direction: maximize}}]}}
+task: {task}
+model: {{memory: {{window: {{choice: [1, 2]}}}}}}
+"""
+
+
+@pytest.mark.parametrize("task,metric", [
+    ("{name: mqar}", "params"), ("{name: mqar}", "tokens_per_s"), ("{name: mqar}", "loss"),
+    ("{name: ptb}", "perplexity"), ("{name: ptb, level: {choice: [word, char]}}", "bpc"),
+    ("{name: mad, tasks: [compression]}", "mad_score"), ("{name: s_niah}", "state_size"),
+])
+def test_objectives_the_task_reports_are_accepted(task, metric):
+    assert isinstance(loads(SPACE_WITH.format(task=task, metric=metric)), Space)
+
+
+@pytest.mark.parametrize("task", [
+    "{name: mqar, vocab_size: 16, seq_len: 8, num_kv_pairs: 1, num_train: 40, num_test: 16}",
+    "{name: mad, tasks: [memorization], lr_grid: [0.001], wd_grid: [0.0], max_train: 16, "
+    "max_test: 8}",
+])
+def test_reported_metrics_are_what_the_trainer_reports(task):
+    from atlas_search.spec.study import METRICS
+    from atlas_search.spec.task import reported_metrics
+    from atlas_search.train import train
+
+    cfg = loads(f"task: {task}\ntrain: {{steps: 1, batch_size: 4, warmup: 0}}\n"
+                "model: {preset: deltanet, d_model: 8, n_layers: 1, n_heads: 1}\n")
+    result = train(cfg, threads=1)
+    assert result.status == "completed"
+    assert set(reported_metrics(cfg.task.name)) == set(result.metrics) & set(METRICS)

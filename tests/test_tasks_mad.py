@@ -13,10 +13,18 @@ from atlas_search.spec.task import (
     MemorizationTask,
     NoisyInContextRecallTask,
     SelectiveCopyingTask,
+    mad_row_len,
 )
 from atlas_search.tasks import make_task
-from atlas_search.tasks.base import IGNORE
-from atlas_search.tasks.mad import MAD_BASELINES, MAD_GRID, mad_settings, make_mad
+from atlas_search.tasks.base import IGNORE, TaskError, generator
+from atlas_search.tasks.mad import (
+    MAD_BASELINES,
+    MAD_GRID,
+    distinct_inputs,
+    mad_settings,
+    make_mad,
+    memorization_map,
+)
 
 SMALL = {"num_train": 1500, "num_test": 300}
 CLASSES = {
@@ -95,8 +103,27 @@ def test_overlap_is_refilled_and_exhaustion_raises():
     test = [tuple(r) for r in task.evals["test"].inputs.tolist()]
     assert len(test) == 200 and not train.intersection(test)
     # 3**3 = 27 possible inputs, all in a 5000-row training set: no test set is possible
-    with pytest.raises(ValueError, match="too few distinct"):
+    with pytest.raises(TaskError, match="only 27 distinct input sequences"):
         make_mad(CompressionTask(vocab_size=4, seq_len=4, num_train=5000, num_test=10))
+
+
+@pytest.mark.parametrize("name,fields,count", [
+    ("compression", {"vocab_size": 4, "seq_len": 4}, 3**3),
+    ("memorization", {"vocab_size": 8, "seq_len": 5}, 3**2),
+    # 3 data tokens from 2 symbols, 1 blank before any of them: 2**3 * 3
+    ("selective_copying", {"vocab_size": 4, "seq_len": 8, "num_tokens_to_copy": 3}, 24),
+])
+def test_distinct_inputs_is_the_generators_count(name, fields, count):
+    from atlas_search.tasks import mad
+
+    spec = CLASSES[name](**fields, num_train=3000, num_test=1)
+    assert distinct_inputs(spec) == count
+    gen = generator(0, "count")  # make_mad would raise: 3000 draws cover every sequence
+    rows = (mad._memorization_rows(spec, memorization_map(spec), 3000, gen)
+            if name == "memorization" else
+            {"compression": mad._compression_rows,
+             "selective_copying": mad._selective_copy_rows}[name](spec, 3000, gen))
+    assert len({tuple(r) for r in rows.inputs.tolist()}) == count
 
 
 def test_train_targets_option_and_errors():
@@ -352,5 +379,6 @@ def test_every_grid_setting_generates(name):
         spec = CLASSES[name](**{**setting, "num_train": 16, "num_test": 8})
         task = make_mad(spec)
         assert len(task.evals["test"]) == 8 and task.vocab_size == setting["vocab_size"]
+        assert task.train.seq_len == mad_row_len(name, setting) == task.info["row_len"]
         assert int(task.train.inputs.max()) < task.vocab_size
         assert (task.evals["test"].targets != IGNORE).any(1).all()

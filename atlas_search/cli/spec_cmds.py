@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ..spec import Config, Space, SpecError, load
 from ..spec.errors import dotted
+from ..spec.task import MADSuiteTask
 from .app import app, err, fail, out
 
 
@@ -148,9 +149,14 @@ def schema(
     text = json.dumps(make_schema(layer), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
-    else:
+        return
+    try:
         output.write_text(text)
-        err.print(f"wrote {output}", markup=False)
+    except OSError as exc:
+        why = "is a folder" if output.is_dir() else exc.strerror or str(exc)
+        err.print(f"error: --out {output}: cannot write: {why}", markup=False)
+        raise typer.Exit(2) from None
+    err.print(f"wrote {output}", markup=False)
 
 
 def _model_rows(space: Space, sample: int, seed: int) -> list[tuple[str, Config | str]]:
@@ -171,6 +177,16 @@ def _model_rows(space: Space, sample: int, seed: int) -> list[tuple[str, Config 
         except ValidationError as exc:
             rows.append((f"random {i + 1}", f"invalid: {first_error(exc)}"))
     return rows
+
+
+def _state_len(task: object) -> tuple[int, str]:
+    """The sequence length ``build`` measures recurrent state at, and how to say it: the
+    task's ``seq_len``, or for the MAD suite the longest row of the settings it scores."""
+    if isinstance(task, MADSuiteTask):
+        name, n = task.longest_setting()
+        return n, f"{n} tokens, the longest MAD setting: {name}"
+    n = task.seq_len  # type: ignore[attr-defined]
+    return n, f"{n} tokens"
 
 
 def _describe(cfg: Config) -> str:
@@ -196,10 +212,11 @@ def build(
 
     if isinstance(spec, Config):
         model = build_model(spec)
-        info = summarize(model, spec.task.seq_len)
+        seq_len, said = _state_len(spec.task)
+        info = summarize(model, seq_len)
         _print_config(spec, file)
-        table = Table(title=f"layers (state after {spec.task.seq_len} tokens)",
-                      title_justify="left")
+        title = f"layers (state after {said})"
+        table = Table(title=title, title_justify="left", min_width=len(title))
         for col in ("layer", "mixer", "params", "state floats"):
             table.add_column(col, justify="right" if col != "mixer" else "left")
         for row in info["layers"]:
@@ -210,14 +227,18 @@ def build(
         out.print(table)
         return
     limits = spec.study.constraints
-    table = Table(title=f"models of {spec.study.name}", title_justify="left")
+    rows = _model_rows(spec, sample, seed)
+    said = {_state_len(cfg.task)[1] for _, cfg in rows if not isinstance(cfg, str)}
+    title = f"models of {spec.study.name}" + (
+        f" (state after {said.pop()})" if len(said) == 1 else " (state after each task's seq_len)")
+    table = Table(title=title, title_justify="left", min_width=len(title))
     for col in ("point", "memory", "params", "state floats", "feasible"):
         table.add_column(col, justify="right" if col in ("params", "state floats") else "left")
-    for label, cfg in _model_rows(spec, sample, seed):
+    for label, cfg in rows:
         if isinstance(cfg, str):
             table.add_row(label, cfg, "-", "-", "no")
             continue
-        info = summarize(build_model(cfg), cfg.task.seq_len)
+        info = summarize(build_model(cfg), _state_len(cfg.task)[0])
         bad = []
         if limits.max_params is not None and info["params"] > limits.max_params:
             bad.append(f"params > {limits.max_params:g}")

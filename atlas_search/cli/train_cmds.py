@@ -21,6 +21,10 @@ from ..spec import Config, SpecError, load_config
 from .app import app, err, fail, out
 
 SET_HELP = "override a field: dotted.path=value (YAML value), repeatable"
+EVAL_SETTABLE = ("task.", "train.batch_size", "train.device")
+"""What ``eval --set`` may change: the task's settings (longer test sequences, more pairs,
+other needle lengths) and how evaluation runs; the model and its training are the
+checkpoint's."""
 RUNS = Path("runs")
 
 
@@ -32,7 +36,7 @@ def _config(path: Path, overrides: list[str]) -> Config:
 
 
 def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
-    table = Table(title=title, title_justify="left")
+    table = Table(title=title, title_justify="left", min_width=len(title))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
@@ -43,6 +47,56 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
 def _data_missing(exc: Exception) -> typer.Exit:
     err.print(f"error: {exc}", markup=False)
     return typer.Exit(2)
+
+
+def _bad(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr; the caller raises the returned Exit(2)."""
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(2)
+
+
+def _task_error(source: Path, exc: Exception) -> typer.Exit:
+    """A task setting the generator cannot produce (``tasks.base.TaskError``)."""
+    return _bad(f"{source}: task: {exc}")
+
+
+def _make_task(cfg: Config, source: Path):  # noqa: ANN202
+    """The config's task, with data-missing and task-setting errors as Exit(2)."""
+    from ..tasks import make_task
+    from ..tasks.base import TaskError
+
+    try:
+        return make_task(cfg.task)
+    except TaskError as exc:
+        raise _task_error(source, exc) from None
+    except RuntimeError as exc:  # data that must be installed (PTB)
+        raise _data_missing(exc) from None
+
+
+def _device(cfg: Config, source: Path):  # noqa: ANN202
+    """The torch device of ``train.device`` (Exit(2) for cuda without a CUDA device)."""
+    from ..train.loop import resolve_device
+
+    try:
+        return resolve_device(cfg.train.device)
+    except RuntimeError as exc:
+        raise _bad(f"{source}: {exc}") from None
+
+
+def _not_a_file(run_dir: Path, flag: str) -> None:
+    """Exit(2) when a file is where the run folder should be."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise _bad(f"{flag} {run_dir}: a file is in the way; the run folder must be a folder")
+
+
+def _run_folder(run_dir: Path, flag: str) -> None:
+    """Create the run folder (Exit(2) when a file is in the way or it cannot be made)."""
+    _not_a_file(run_dir, flag)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _bad(f"{flag} {run_dir}: cannot make the run folder: "
+                   f"{exc.strerror or exc}") from None
 
 
 @app.command()
@@ -56,23 +110,35 @@ def train(
     force: Annotated[bool, typer.Option(help="start over even if a checkpoint exists")] = False,
     threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
 ) -> None:
-    """Train one concrete config; write config, metrics.jsonl, final.json, checkpoint."""
+    """Train one concrete config; write config, metrics.jsonl, final.json, checkpoint.
+
+    ``--resume`` continues the run folder's checkpoint and may change only
+    ``train.loop.RESUMABLE`` (name, train.steps to extend the run, train.eval_every,
+    train.device); other changes exit 2 naming the fields."""
+    from ..train import CheckpointError, load_checkpoint
+    from ..train.loop import check_resume
+
     cfg = _config(config, set_)
     run_dir = out_dir or RUNS / (cfg.name or config.stem)
-    if (run_dir / "checkpoint.pt").exists() and not (resume or force):
-        err.print(f"error: {run_dir} already holds a checkpoint; pass --resume to continue it "
-                  "or --force to start over", markup=False)
-        raise typer.Exit(2)
+    flag = "--out" if out_dir is not None else "run folder"
+    _not_a_file(run_dir, flag)
+    _device(cfg, config)
+    ckpt = run_dir / "checkpoint.pt"
+    if ckpt.exists() and not (resume or force):
+        raise _bad(f"{run_dir} already holds a checkpoint; pass --resume to continue it or "
+                   "--force to start over")
     if cfg.task.name == "mad":
-        _run_mad(cfg, run_dir, threads)
+        _run_mad(cfg, run_dir, threads, config, flag)
         return
-    from ..tasks import make_task
     from ..train import train as run_training
 
-    try:
-        task = make_task(cfg.task)
-    except RuntimeError as exc:  # data that must be installed (PTB)
-        raise _data_missing(exc) from None
+    if resume and ckpt.exists():  # refuse before any work: unreadable, or another run
+        try:
+            check_resume(load_checkpoint(ckpt), cfg)
+        except CheckpointError as exc:
+            raise _bad(str(exc)) from None
+    task = _make_task(cfg, config)
+    _run_folder(run_dir, flag)
     tr = cfg.train
     metric = "bpc" if task.unit == "char" else "perplexity" if task.kind == "lm" else "accuracy"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -89,8 +155,11 @@ def train(
         def report(step: int, metrics: dict[str, float]) -> None:
             bar.update(job, metric=f"{metric} {metrics[metric]:.4g}")
 
-        result = run_training(cfg, run_dir=run_dir, threads=threads, report=report,
-                              progress=progress, resume=resume, task=task)
+        try:
+            result = run_training(cfg, run_dir=run_dir, threads=threads, report=report,
+                                  progress=progress, resume=resume, task=task)
+        except CheckpointError as exc:
+            raise _bad(str(exc)) from None
     out.print(_metrics_table(f"{cfg.name or config.stem}: {result.status} at step "
                              f"{result.step}", result.metrics))
     out.print(f"run folder: {run_dir}", markup=False)
@@ -111,24 +180,32 @@ def evaluate_cmd(
     import torch
 
     from ..models import build_model
-    from ..tasks import make_task
-    from ..train import evaluate, load_checkpoint
-    from ..train.loop import resolve_device
+    from ..train import CheckpointError, evaluate, load_checkpoint, load_model_state
 
     run_dir = run.parent if run.suffix == ".pt" else run
     ckpt = run if run.suffix == ".pt" else run / "checkpoint.pt"
-    if not ckpt.exists():
-        err.print(f"error: {ckpt}: no such checkpoint", markup=False)
-        raise typer.Exit(2)
-    cfg = _config(run_dir / "config.yaml", set_)
-    device = resolve_device(cfg.train.device)
-    state = load_checkpoint(ckpt, device)
+    if not ckpt.is_file():
+        raise _bad(f"{ckpt}: no such checkpoint")
+    for item in set_:
+        key = item.partition("=")[0].strip()
+        if not key.startswith(EVAL_SETTABLE):
+            raise _bad(f"--set {item}: eval keeps the checkpoint's model and training; only "
+                       f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_SETTABLE)} "
+                       "may change")
+    source = run_dir / "config.yaml"
+    cfg = _config(source, set_)
+    device = _device(cfg, source)
     try:
-        task = make_task(cfg.task)
-    except RuntimeError as exc:
-        raise _data_missing(exc) from None
+        state = load_checkpoint(ckpt, device)
+    except CheckpointError as exc:
+        raise _bad(str(exc)) from None
+    task = _make_task(cfg, source)
     model = build_model(cfg, vocab_size=task.vocab_size).to(device)
-    model.load_state_dict(state["model"])
+    try:
+        load_model_state(model, state, "the config with these --set changes" if set_ else
+                         f"{source}")
+    except CheckpointError as exc:
+        raise _bad(str(exc)) from None
     results = {}
     with torch.no_grad():
         for name, data in task.evals.items():
@@ -141,11 +218,11 @@ def evaluate_cmd(
         out.print(_metrics_table(f"{name} (checkpoint step {state['step']})", metrics))
 
 
-
-
-def _run_mad(cfg: Config, run_dir: Path, threads: int | None) -> None:
+def _run_mad(cfg: Config, run_dir: Path, threads: int | None, source: Path, flag: str) -> None:
+    from ..tasks.base import TaskError
     from ..train.mad_protocol import mad_instances, run_mad
 
+    _run_folder(run_dir, flag)
     suite = cfg.task
     runs = len(mad_instances(suite)) * len(suite.lr_grid) * len(suite.wd_grid)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -159,10 +236,13 @@ def _run_mad(cfg: Config, run_dir: Path, threads: int | None) -> None:
 
         from ..train.loop import TrainResult, _write_final
 
-        metrics = run_mad(cfg, threads=threads, run_dir=run_dir, on_run=on_run)
+        try:
+            metrics = run_mad(cfg, threads=threads, run_dir=run_dir, on_run=on_run)
+        except TaskError as exc:
+            raise _task_error(source, exc) from None
     _write_final(run_dir, TrainResult("completed", runs, metrics, [], None, run_dir))
-    out.print(_metrics_table(f"MAD protocol ({suite.settings} settings, {runs} runs)",
-                             metrics))
+    out.print(_metrics_table(f"MAD protocol ({suite.settings} settings, {runs} "
+                             f"run{'s' if runs != 1 else ''})", metrics))
     out.print(f"run folder: {run_dir}", markup=False)
 
 
@@ -173,22 +253,31 @@ def mad(
                         ] = "baseline",
     tasks: Annotated[list[str], typer.Option("--task", help="MAD task (repeatable; default all "
                                              "six)")] = [],  # noqa: B006
-    max_train: Annotated[int | None, typer.Option(help="cap training examples")] = None,
-    max_test: Annotated[int | None, typer.Option(help="cap test examples")] = None,
+    max_train: Annotated[int | None, typer.Option(min=1, help="cap training examples")
+                         ] = None,
+    max_test: Annotated[int | None, typer.Option(min=1, help="cap test examples")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     out_dir: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
     threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
 ) -> None:
     """Score a model with the MAD protocol: best of the lr x wd grid per task setting, mean
     over settings per task, mean over tasks."""
-    suite = {"name": "mad", "settings": settings}
+    from ..spec.errors import allowed_hint
+    from ..spec.task import MAD_TASK_NAMES
+
+    for flag, value, allowed in [("--settings", settings, ("baseline", "all"))] + [
+            ("--task", t, MAD_TASK_NAMES) for t in tasks]:
+        if value not in allowed:
+            raise _bad(f"{flag} {value!r}: not allowed\n    " + allowed_hint(value, allowed))
+    suite: dict = {"name": "mad", "settings": settings}
     if tasks:
         suite["tasks"] = tasks
-    if max_train:
+    if max_train is not None:
         suite["max_train"] = max_train
-    if max_test:
+    if max_test is not None:
         suite["max_test"] = max_test
     overrides = [f"task={json.dumps(suite)}", *set_]  # JSON is YAML
     cfg = _config(config, overrides)
-    _run_mad(cfg, out_dir or RUNS / f"{cfg.name or config.stem}-mad", threads)
+    _run_mad(cfg, out_dir or RUNS / f"{cfg.name or config.stem}-mad", threads, config,
+             "--out" if out_dir is not None else "run folder")
 

@@ -29,17 +29,21 @@ def did_you_mean(word: object, options: Iterable[object]) -> str | None:
 
 @dataclass
 class Issue:
-    """One problem: where (path + file line/column when known) and what."""
+    """One problem: where (path + file line/column when known, or the command-line
+    ``origin`` such as ``--set train.steps=abc`` that set the value) and what."""
 
     path: Path
     message: str
     line: int | None = None
     column: int | None = None
     hint: str | None = None
+    origin: str | None = None
 
     def render(self, source: str | None) -> str:
         where = source or "<input>"
-        if self.line is not None:
+        if self.origin is not None:
+            where = self.origin
+        elif self.line is not None:
             where += f":{self.line}"
             if self.column is not None:
                 where += f":{self.column}"

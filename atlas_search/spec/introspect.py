@@ -50,6 +50,15 @@ def list_item_model(ann: Any) -> type[BaseModel] | None:
     return None
 
 
+def list_item_type(ann: Any) -> Any:
+    """The item type of a ``list[...]`` annotation (None if it is not a list)."""
+    ann = _strip(ann)
+    if typing.get_origin(ann) is list:
+        args = typing.get_args(ann)
+        return args[0] if args else None
+    return None
+
+
 def tag_of(cls: type[BaseModel]) -> str | None:
     """The ``name`` literal of a tagged-union member (tasks, samplers, pruners)."""
     f = cls.model_fields.get("name")

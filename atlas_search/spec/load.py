@@ -15,6 +15,7 @@ from .errors import Issue, Path, SpecError, allowed_hint, did_you_mean, dotted
 from .introspect import (
     adapter,
     list_item_model,
+    list_item_type,
     literal_values,
     pick_member,
     tag_of,
@@ -77,6 +78,7 @@ def apply_overrides(doc: Document, overrides: list[str]) -> None:
                 node[part] = {}
             node = node[part]
         node[parts[-1]] = value
+        doc.set_origin(tuple(parts), f"--set {item}")
 
 
 def load_document(doc: Document, default_name: str | None = None) -> Config | Space:
@@ -306,10 +308,32 @@ def _kind(v: Any) -> str:
     }.get(type(v), type(v).__name__)
 
 
+def _misspelt_dist(value: Any) -> tuple[str, str] | None:
+    """``(key, distribution name)`` when ``value`` is a mapping with exactly one key spelt
+    like a distribution (``{itn: [2, 4]}``, ``{flaot: [0, 1], log: true}``)."""
+    if not isinstance(value, dict) or looks_like_dist(value):
+        return None
+    close = [(k, d) for k in value if (d := did_you_mean(k, DIST_KEYS)) is not None]
+    return close[0] if len(close) == 1 else None
+
+
 def _scalar_issue(
     cls: type[BaseModel], key: str, value: Any, err: dict, path: Path, doc: Document
 ) -> Issue:
-    lits = literal_values(cls.model_fields[key].annotation)
+    ann = cls.model_fields[key].annotation
+    lits = literal_values(ann)
+    loc = tuple(p for p in err.get("loc", ()) if isinstance(p, int))
+    if lits is None and loc and isinstance(value, list):  # an item of a list of literals
+        lits, path, value = literal_values(list_item_type(ann)), path + loc, err.get("input")
+    typo = _misspelt_dist(value)
+    if typo is not None:
+        return doc.issue(
+            path + (typo[0],),
+            f"a mapping where a value is expected, and {typo[0]!r} is not a distribution "
+            f"({', '.join(DIST_KEYS)})",
+            key=True,
+            hint=f"did you mean {typo[1]!r}?",
+        )
     if lits is not None and err["type"] in ("literal_error", "union_tag_invalid"):
         return doc.issue(path, f"{value!r} is not allowed", hint=allowed_hint(value, lits))
     msg = err["msg"]

@@ -14,9 +14,10 @@ from pydantic import ValidationError
 from .config import Config
 from .distributions import Choice, Distribution, FloatRange, IntRange
 from .errors import Issue, Path, allowed_hint, dotted
-from .introspect import adapter, default_of, field_at, union_members
+from .introspect import adapter, default_of, field_at, pick_member, union_members
 from .presets import SIZE_FIELDS, deep_merge, preset_model, preset_names
 from .study import StudySpec
+from .task import reported_metrics
 
 N_PROBES = 64
 """Random points drawn by :meth:`Space.check` to find always-invalid combinations."""
@@ -232,6 +233,7 @@ class Space:
                             "discrete space: give this float range a step",
                         )
                     )
+        issues += self.check_objectives(doc)
         names = preset_names()
         for i, entry in enumerate(self.study.enqueue):
             preset = entry if isinstance(entry, str) else entry.get("preset")
@@ -274,6 +276,25 @@ class Space:
                 f"{n_bad} of {N_PROBES} random points are invalid configs and will be rejected "
                 f"as infeasible trials (most often: {reason})"
             )
+        return issues
+
+    def check_objectives(self, doc: Any) -> list[Issue]:
+        """Each objective must be a metric the task reports (else every trial would fail
+        for the missing metric); ``ptb`` with a searched ``level`` may report either."""
+        task = self.base.get("task")
+        name = task.get("name", "mqar") if isinstance(task, dict) else "mqar"
+        level = None
+        if name == "ptb" and self.dim(("task", "level")) is None:
+            level = self.fallback(("task", "level"))
+        reported = reported_metrics(name, level)
+        issues = []
+        for i, objective in enumerate(self.study.objectives):
+            if objective.metric not in reported:
+                what = f"task {name!r}" + (f" at level {level!r}" if level else "")
+                issues.append(doc.issue(
+                    ("study", "objectives", i, "metric"),
+                    f"{what} does not report {objective.metric!r}",
+                    hint=allowed_hint(objective.metric, reported, "it reports")))
         return issues
 
     # ---------------------------------------------------------------- summaries
@@ -356,7 +377,9 @@ def resolve_when(space: Space, doc: Any) -> list[Issue]:
             path = tuple(key.split(".")) if "." in key else d.path[:-1] + (key,)
             owner = field_at(Config, path, space.base)
             here = d.path + ("when", key)
-            if owner is None or union_members(owner[0].model_fields[owner[1]].annotation):
+            block = owner is not None and bool(
+                union_members(owner[0].model_fields[owner[1]].annotation))
+            if owner is None or block:
                 opts: list[str] = []
                 if len(path) > 1:
                     pc = field_at(Config, path[:-1], space.base)
@@ -366,6 +389,14 @@ def resolve_when(space: Space, doc: Any) -> list[Issue]:
                 else:
                     opts = list(Config.model_fields)
 
+                if block:  # name one of the block's fields instead
+                    members = union_members(owner[0].model_fields[owner[1]].annotation)
+                    fields = list(pick_member(members, _get(space.base, path)[1]).model_fields)
+                    issues.append(doc.issue(
+                        here, f"when: names {dotted(path)!r}, which is a block, not a field",
+                        key=True, hint=f"name one of its fields: {dotted(path)}.<field>; fields "
+                        "there: " + ", ".join(fields)))
+                    continue
                 issues.append(
                     doc.issue(
                         here,

@@ -162,7 +162,9 @@ class StudySpec(Spec):
     storage: str | None = Field(
         None, description="Optuna storage URL; default a journal file under runs/<name>/"
     )
-    seed: int = Field(0, description="study seed (sampler seed unless the sampler sets one)")
+    seed: int = Field(0, description=(
+        "study seed (sampler seed unless the sampler sets one; a resumed study seeds its "
+        "sampler from this seed and its trial count)"))
     constraints: Constraints = Field(default_factory=Constraints)
     max_retries: int = Field(2, ge=0, description="retries of a trial whose worker died")
     enqueue: list[str | dict[str, Any]] = Field(

@@ -173,6 +173,69 @@ MAD_TASK_NAMES = (
 )
 
 
+_TRAIN_SIZES = [6400, 3200, 1600, 800]
+
+MAD_BASELINES: dict[str, dict] = {
+    "in_context_recall": {"vocab_size": 16, "seq_len": 128, "num_train": 12800,
+                          "num_test": 1280, "multi_query": True},
+    "fuzzy_in_context_recall": {"vocab_size": 16, "seq_len": 128, "num_train": 12800,
+                                "num_test": 1280, "multi_query": True, "k_motif_size": 3,
+                                "v_motif_size": 3},
+    "noisy_in_context_recall": {"vocab_size": 32, "seq_len": 128, "num_train": 12800,
+                                "num_test": 1280, "multi_query": True, "noise_vocab_size": 16,
+                                "frac_noise": 0.2},
+    "selective_copying": {"vocab_size": 16, "seq_len": 256, "num_train": 12800,
+                          "num_test": 1280, "num_tokens_to_copy": 16},
+    "compression": {"vocab_size": 16, "seq_len": 32, "num_train": 12800, "num_test": 1280},
+    "memorization": {"vocab_size": 256, "seq_len": 32, "num_train": 256, "num_test": 1280},
+}
+"""Each MAD task's baseline setting (``configs/tasks/<task>.yml`` ``baseline`` plus MADConfig's
+1,280 test examples), as spec-field values."""
+
+
+def _one_factor(**changes: list) -> list[dict]:
+    return [{field: value} for field, values in changes.items() for value in values]
+
+
+MAD_GRID: dict[str, list[dict]] = {
+    "in_context_recall": _one_factor(vocab_size=[32, 64, 128], seq_len=[256, 512, 1024],
+                                     num_train=_TRAIN_SIZES),
+    "fuzzy_in_context_recall": _one_factor(vocab_size=[32, 64, 128], seq_len=[256, 512, 1024],
+                                           num_train=_TRAIN_SIZES),
+    # MAD: "adding 16 for noise vocab" — vocab_size counts the 16 noise tokens.
+    "noisy_in_context_recall": _one_factor(vocab_size=[48, 80, 144], seq_len=[256, 512, 1024],
+                                           num_train=_TRAIN_SIZES, frac_noise=[0.4, 0.6, 0.8]),
+    "selective_copying": _one_factor(vocab_size=[32, 64, 128], seq_len=[512, 1024],
+                                     num_train=_TRAIN_SIZES, num_tokens_to_copy=[32, 64, 96]),
+    "compression": _one_factor(vocab_size=[32, 64, 128], seq_len=[64, 128, 256],
+                               num_train=_TRAIN_SIZES),
+    "memorization": _one_factor(vocab_size=[512, 1024, 2048, 4096, 8192]),
+}
+"""MAD's one-factor difficulty changes (``configs/tasks/<task>.yml`` ``changes``): each entry
+overrides one spec field of the task's baseline."""
+
+
+def mad_settings(name: str) -> list[dict]:
+    """The full list of settings MAD scores a task on: the baseline, then each one-factor
+    change applied to it (MAD's task score is the mean over these)."""
+    base = MAD_BASELINES[name]
+    return [dict(base)] + [{**base, **change} for change in MAD_GRID[name]]
+
+
+def mad_row_len(name: str, fields: dict[str, Any]) -> int:
+    """Tokens per row the model reads for MAD task ``name`` with spec ``fields`` (the
+    generators' layouts in ``tasks/mad.py``: recall rows are shifted by one, compression
+    rows are the data then as many markers)."""
+    seq = fields["seq_len"]
+    if name in ("in_context_recall", "noisy_in_context_recall"):
+        return seq - 1 if fields.get("multi_query", True) else seq
+    if name == "compression":
+        return 2 * (seq - 1)
+    if name == "memorization":
+        return 2 * (seq // 2)
+    return seq
+
+
 class MADSuiteTask(Spec):
     """The MAD protocol (Poli et al., 2024) as one task: for each listed task and difficulty
     setting, train with every (lr, weight decay) of the grid and keep the best test
@@ -196,6 +259,30 @@ class MADSuiteTask(Spec):
         """Each setting builds its own model at the setting's vocabulary; this is the
         largest baseline vocabulary (for summaries)."""
         return 256
+
+    def instances(self) -> list[tuple[str, dict[str, Any]]]:
+        """``(task name, spec fields)`` for every scored setting, in a fixed order."""
+        out = []
+        for name in self.tasks:
+            settings = mad_settings(name) if self.settings == "all" else [MAD_BASELINES[name]]
+            for fields in settings:
+                fields = dict(fields, seed=self.seed)
+                if self.max_train is not None:
+                    fields["num_train"] = min(fields["num_train"], self.max_train)
+                if self.max_test is not None:
+                    fields["num_test"] = min(fields["num_test"], self.max_test)
+                out.append((name, fields))
+        return out
+
+    def longest_setting(self) -> tuple[str, int]:
+        """``(task name, row length)`` of the scored setting with the longest rows."""
+        return max(((n, mad_row_len(n, f)) for n, f in self.instances()), key=lambda t: t[1])
+
+    @property
+    def seq_len(self) -> int:
+        """The longest row of the settings it scores (for summaries: each setting trains at
+        its own length)."""
+        return self.longest_setting()[1]
 
 
 MAD_TASKS = (
@@ -230,3 +317,21 @@ TaskSpec = Annotated[
     Discriminator(_task_tag),
 ]
 """Any task, selected by ``name`` (default ``mqar``)."""
+
+
+ALWAYS_REPORTED = ("params", "state_size")
+"""Metrics of every completed run: the model's size, known before training."""
+
+
+def reported_metrics(name: str, level: str | None = None) -> tuple[str, ...]:
+    """The study metrics (``study.METRICS``) a completed run of task ``name`` reports, as
+    ``train.loop.train`` and ``train.mad_protocol.run_mad`` build them: ``mad`` reports
+    ``mad_score`` and ``accuracy`` (no training loop of its own); every other task its
+    main evaluation's ``loss`` and ``accuracy`` plus ``tokens_per_s``, and ``ptb``
+    ``perplexity`` (``level: word``) or ``bpc`` (``level: char``; ``None``: either)."""
+    if name == "mad":
+        return ("mad_score", "accuracy", *ALWAYS_REPORTED)
+    lm: tuple[str, ...] = ()
+    if name == "ptb":
+        lm = {"word": ("perplexity",), "char": ("bpc",)}.get(level or "", ("perplexity", "bpc"))
+    return ("accuracy", "loss", *lm, "tokens_per_s", *ALWAYS_REPORTED)

@@ -37,6 +37,26 @@ class Document:
     source: str
     key_pos: dict[Path, tuple[int, int]] = field(default_factory=dict)
     value_pos: dict[Path, tuple[int, int]] = field(default_factory=dict)
+    origins: dict[Path, str] = field(default_factory=dict)
+    """Paths whose value came from the command line, e.g. ``("train", "steps")`` ->
+    ``--set train.steps=abc``: issues at or below them are located there."""
+
+    def set_origin(self, path: Path, origin: str) -> None:
+        """Mark ``path`` as set by ``origin``, forgetting the file positions below it."""
+        p = tuple(path)
+        for table in (self.key_pos, self.value_pos):
+            for q in [q for q in table if q[: len(p)] == p]:
+                del table[q]
+        self.origins[p] = origin
+
+    def origin(self, path: Path) -> str | None:
+        """The command-line origin of the value at ``path`` (or of a parent), if any."""
+        p = tuple(path)
+        while p:
+            if p in self.origins:
+                return self.origins[p]
+            p = p[:-1]
+        return None
 
     def locate(self, path: Path, *, key: bool = False) -> tuple[int | None, int | None]:
         """Position of the value (or key) at ``path``, else of its nearest located parent."""
@@ -51,13 +71,15 @@ class Document:
         return self.value_pos.get((), (None, None))
 
     def issue(self, path: Path, message: str, *, key: bool = False, hint: str | None = None):
-        line, col = self.locate(path, key=key)
-        return Issue(tuple(path), message, line, col, hint)
+        origin = self.origin(path)
+        line, col = (None, None) if origin is not None else self.locate(path, key=key)
+        return Issue(tuple(path), message, line, col, hint, origin)
 
 
 class _Loader(yaml.SafeLoader):
-    """The safe loader, reading YAML 1.2 floats such as ``2.0e6`` and ``1e-3`` as numbers
-    (PyYAML's YAML 1.1 rules read them as text; editors and JSON Schema read numbers)."""
+    """The safe loader, reading YAML 1.2 numbers as YAML 1.2 does: floats such as ``2.0e6``
+    and ``1e-3`` (PyYAML's YAML 1.1 rules read them as text; editors and JSON Schema read
+    numbers), ``010`` as 10 (not octal 8) and ``0o17`` as 15."""
 
 
 _Loader.yaml_implicit_resolvers = {
@@ -72,6 +94,21 @@ _Loader.add_implicit_resolver(
     ),
     list("-+0123456789."),
 )
+_LEADING_ZERO = re.compile(r"^[-+]?0[0-9_]+$")
+# YAML 1.2 (core schema): 010 is the decimal 10 (YAML 1.1 read it as octal 8) and 09 an
+# integer; only 0o17 is octal.
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", _LEADING_ZERO, list("-+0"))
+_Loader.add_implicit_resolver("tag:yaml.org,2002:int", re.compile(r"^0o[0-7]+$"), ["0"])
+_INT = "tag:yaml.org,2002:int"
+
+
+def _yaml12_int(text: str) -> int | None:
+    """The YAML 1.2 value of integers that YAML 1.1 reads otherwise (``010``, ``0o17``)."""
+    if _LEADING_ZERO.match(text):
+        return int(text.replace("_", ""), 10)
+    if text.startswith("0o"):
+        return int(text[2:], 8)
+    return None
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -102,6 +139,8 @@ class _Builder:
                 raise self.fail(
                     node, path, f"YAML tag {node.tag!r} is not allowed (plain data only)"
                 )
+            if node.tag == _INT and (as12 := _yaml12_int(node.value)) is not None:
+                return as12
             try:
                 value = self.constructor.construct_object(node, deep=True)
             except yaml.YAMLError as exc:
@@ -212,7 +251,11 @@ def read_document(path: str | FsPath) -> Document:
 
 
 class _Dumper(yaml.SafeDumper):
-    pass
+    """Quotes every string that :class:`_Loader` would read as something else (``"09"``,
+    ``"1e-3"``), so dumped files load back unchanged."""
+
+
+_Dumper.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
 
 
 def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:

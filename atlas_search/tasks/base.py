@@ -19,6 +19,11 @@ from torch import Tensor
 IGNORE = -100
 
 
+class TaskError(ValueError):
+    """A task setting its generator cannot produce (too few distinct sequences, a layout
+    that does not fit): bad input, which the CLI reports without a traceback."""
+
+
 @dataclass
 class TokenDataset:
     """``inputs``/``targets`` ``[N, T]`` (targets ``IGNORE`` where unscored)."""
@@ -68,10 +73,14 @@ def row_digests(x: Tensor) -> list[bytes]:
     return [hashlib.blake2b(row.tobytes(), digest_size=16).digest() for row in arr]
 
 
-def drop_overlap(test: TokenDataset, train: TokenDataset) -> TokenDataset:
-    """``test`` without the rows whose input sequence also occurs in ``train``."""
+def drop_overlap(test: TokenDataset, train: TokenDataset, name: str = "task") -> TokenDataset:
+    """``test`` without the rows whose input sequence also occurs in ``train`` (TaskError
+    when none is left)."""
     seen = set(row_digests(train.inputs))
     keep = torch.tensor([d not in seen for d in row_digests(test.inputs)], dtype=torch.bool)
+    if len(test) and not bool(keep.any()):
+        raise TaskError(f"{name}: every test sequence also occurs in the training set "
+                        f"(num_train {len(train)}); the setting has too few distinct sequences")
     return TokenDataset(test.inputs[keep], test.targets[keep])
 
 

@@ -76,6 +76,7 @@ the training set (MAD only warns about leakage).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Literal
 
@@ -83,66 +84,21 @@ import torch
 from torch import Tensor
 
 from ..spec.task import (
+    MAD_BASELINES,
+    MAD_GRID,
     CompressionTask,
     FuzzyInContextRecallTask,
     InContextRecallTask,
     MemorizationTask,
     NoisyInContextRecallTask,
     SelectiveCopyingTask,
+    mad_settings,
 )
-from .base import IGNORE, Task, TokenDataset, generator, row_digests
+from .base import IGNORE, Task, TaskError, TokenDataset, generator, row_digests
 
 TrainTargets = Literal["all", "answers"]
 
 MAD_SOURCE = "athms/mad-lab mad/data/instances.py, mad/configs.py, configs/tasks/*.yml"
-
-_TRAIN_SIZES = [6400, 3200, 1600, 800]
-
-MAD_BASELINES: dict[str, dict] = {
-    "in_context_recall": {"vocab_size": 16, "seq_len": 128, "num_train": 12800,
-                          "num_test": 1280, "multi_query": True},
-    "fuzzy_in_context_recall": {"vocab_size": 16, "seq_len": 128, "num_train": 12800,
-                                "num_test": 1280, "multi_query": True, "k_motif_size": 3,
-                                "v_motif_size": 3},
-    "noisy_in_context_recall": {"vocab_size": 32, "seq_len": 128, "num_train": 12800,
-                                "num_test": 1280, "multi_query": True, "noise_vocab_size": 16,
-                                "frac_noise": 0.2},
-    "selective_copying": {"vocab_size": 16, "seq_len": 256, "num_train": 12800,
-                          "num_test": 1280, "num_tokens_to_copy": 16},
-    "compression": {"vocab_size": 16, "seq_len": 32, "num_train": 12800, "num_test": 1280},
-    "memorization": {"vocab_size": 256, "seq_len": 32, "num_train": 256, "num_test": 1280},
-}
-"""Each MAD task's baseline setting (``configs/tasks/<task>.yml`` ``baseline`` plus MADConfig's
-1,280 test examples), as spec-field values."""
-
-
-def _one_factor(**changes: list) -> list[dict]:
-    return [{field: value} for field, values in changes.items() for value in values]
-
-
-MAD_GRID: dict[str, list[dict]] = {
-    "in_context_recall": _one_factor(vocab_size=[32, 64, 128], seq_len=[256, 512, 1024],
-                                     num_train=_TRAIN_SIZES),
-    "fuzzy_in_context_recall": _one_factor(vocab_size=[32, 64, 128], seq_len=[256, 512, 1024],
-                                           num_train=_TRAIN_SIZES),
-    # MAD: "adding 16 for noise vocab" — vocab_size counts the 16 noise tokens.
-    "noisy_in_context_recall": _one_factor(vocab_size=[48, 80, 144], seq_len=[256, 512, 1024],
-                                           num_train=_TRAIN_SIZES, frac_noise=[0.4, 0.6, 0.8]),
-    "selective_copying": _one_factor(vocab_size=[32, 64, 128], seq_len=[512, 1024],
-                                     num_train=_TRAIN_SIZES, num_tokens_to_copy=[32, 64, 96]),
-    "compression": _one_factor(vocab_size=[32, 64, 128], seq_len=[64, 128, 256],
-                               num_train=_TRAIN_SIZES),
-    "memorization": _one_factor(vocab_size=[512, 1024, 2048, 4096, 8192]),
-}
-"""MAD's one-factor difficulty changes (``configs/tasks/<task>.yml`` ``changes``): each entry
-overrides one spec field of the task's baseline."""
-
-
-def mad_settings(name: str) -> list[dict]:
-    """The full list of settings MAD scores a task on: the baseline, then each one-factor
-    change applied to it (MAD's task score is the mean over these)."""
-    base = MAD_BASELINES[name]
-    return [dict(base)] + [{**base, **change} for change in MAD_GRID[name]]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -183,7 +139,7 @@ def _shifted(raw: Tensor, raw_targets: Tensor, scored_all: bool) -> TokenDataset
 
 def _check(ok: bool, task: str, message: str) -> None:
     if not ok:
-        raise ValueError(f"{task}: {message}")
+        raise TaskError(f"{task}: {message}")
 
 
 # --------------------------------------------------------------------------- recall
@@ -431,6 +387,20 @@ def _memorization_rows(spec: MemorizationTask, kv: Tensor, n: int, gen: torch.Ge
 # --------------------------------------------------------------------------- splits
 
 
+def distinct_inputs(spec) -> int | None:
+    """The exact number of distinct input rows the task's generator can produce, where it
+    is a closed form (compression, memorization, selective copying), else None."""
+    v = spec.vocab_size
+    if isinstance(spec, CompressionTask):
+        return (v - 1) ** (spec.seq_len - 1)
+    if isinstance(spec, MemorizationTask):
+        return ((v - 1) // 2) ** (spec.seq_len // 2)
+    if isinstance(spec, SelectiveCopyingTask):  # data tokens x where the blanks fall
+        c = spec.num_tokens_to_copy
+        return (v - 2) ** c * math.comb(spec.seq_len - 2 * c - 1 + c - 1, c - 1)
+    return None
+
+
 def _test_split(make: Callable[[int, torch.Generator], TokenDataset], train: TokenDataset,
                 spec, rounds: int = 8) -> TokenDataset:
     """``num_test`` rows from the test seed whose input sequences do not occur in ``train``
@@ -447,8 +417,12 @@ def _test_split(make: Callable[[int, torch.Generator], TokenDataset], train: Tok
         if have >= spec.num_test:
             break
     if have == 0:
-        raise ValueError(f"{spec.name}: every test sequence also occurs in the training set; "
-                         "the setting has too few distinct sequences")
+        n = distinct_inputs(spec)
+        few = f"only {n:,} distinct input sequences" if n is not None else \
+            "too few distinct sequences"
+        raise TaskError(f"{spec.name}: every test sequence also occurs in the training set "
+                        f"(num_train {spec.num_train}); the setting has {few}: raise vocab_size "
+                        "or seq_len, or lower num_train")
     return TokenDataset(torch.cat([p.inputs for p in parts]),
                         torch.cat([p.targets for p in parts]))
 
@@ -531,4 +505,5 @@ def make_mad(spec, train_targets: TrainTargets = "all") -> Task:
                 kind="recall", unit="token", info=info)
 
 
-__all__ = ["MAD_BASELINES", "MAD_GRID", "make_mad", "mad_settings", "memorization_map"]
+__all__ = ["MAD_BASELINES", "MAD_GRID", "distinct_inputs", "make_mad", "mad_settings",
+           "memorization_map"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..spec.task import MQARTask
-from .base import IGNORE, Task, TokenDataset, drop_overlap, generator
+from .base import IGNORE, Task, TaskError, TokenDataset, drop_overlap, generator
 
 _BLOCK = 1024
 
@@ -39,7 +39,7 @@ def mqar_examples(
     k = num_kv_pairs
     context = 2 * k
     if 4 * k > seq_len or 2 * k > vocab_size // 2:
-        raise ValueError(f"MQAR needs seq_len >= 4*num_kv_pairs and a vocabulary with room "
+        raise TaskError(f"MQAR needs seq_len >= 4*num_kv_pairs and a vocabulary with room "
                          f"for {k} distinct keys (vocab {vocab_size}, seq_len {seq_len})")
     half = vocab_size // 2
     space = (seq_len - context) // 2
@@ -76,7 +76,7 @@ def make_mqar(spec: MQARTask) -> Task:
     test = mqar_examples(spec.num_test, seq_len=test_len, num_kv_pairs=test_kv,
                          gen=generator(spec.seed, "mqar", "test"), **common)
     if test_len == spec.seq_len:
-        test = drop_overlap(test, train)
+        test = drop_overlap(test, train, "mqar")
     return Task(name="mqar", vocab_size=spec.vocab_size, train=train, evals={"test": test},
                 kind="recall", info={"seq_len": spec.seq_len, "num_kv_pairs": spec.num_kv_pairs,
                                      "test_seq_len": test_len, "test_num_kv_pairs": test_kv})

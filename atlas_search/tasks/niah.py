@@ -54,7 +54,7 @@ import torch
 from torch import Tensor
 
 from ..spec.task import SNIAHTask
-from .base import IGNORE, Task, TokenDataset, drop_overlap, generator
+from .base import IGNORE, Task, TaskError, TokenDataset, drop_overlap, generator
 
 NEEDLE, IS, QUERY, END = 0, 1, 2, 3
 NUM_SPECIAL = 4
@@ -74,7 +74,7 @@ def layout(variant: str, vocab_size: int) -> dict[str, object]:
     rest = vocab_size - NUM_SPECIAL - a
     k = max(1, rest // 8)
     if rest - k < 2:
-        raise ValueError(f"S-NIAH {variant} needs vocab_size >= {NUM_SPECIAL + a + 3} "
+        raise TaskError(f"S-NIAH {variant} needs vocab_size >= {NUM_SPECIAL + a + 3} "
                          f"(got {vocab_size})")
     values = (NUM_SPECIAL, NUM_SPECIAL + a)
     keys = (values[1], values[1] + k)
@@ -154,7 +154,7 @@ def niah_examples(n: int, *, variant: str, vocab_size: int, seq_len: int, seed: 
     m = VALUE_LEN[variant]
     f = seq_len + 1 - needle_len - query_len
     if f < 1:
-        raise ValueError(f"S-NIAH {variant} needs seq_len >= {min_seq_len(variant)} "
+        raise TaskError(f"S-NIAH {variant} needs seq_len >= {min_seq_len(variant)} "
                          f"(got {seq_len}): needle and query take {needle_len + query_len - 1}")
     if variant == "passkey":
         pattern = passkey_pattern(seed, lay)
@@ -208,7 +208,7 @@ def make_niah(spec: SNIAHTask) -> Task:
                                     seq_len=length, seed=spec.seed,
                                     gen=generator(spec.seed, "s_niah", variant, "test", length))
         if length == spec.seq_len:
-            test = drop_overlap(test, train)
+            test = drop_overlap(test, train, "s_niah")
         evals[f"test@{length}"] = test
         depths[f"test@{length}"] = _depth_summary(depth, length + 1 - needle_len - query_len)
     info: dict[str, object] = {

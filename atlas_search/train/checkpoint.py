@@ -8,6 +8,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
+
+
+class CheckpointError(Exception):
+    """A checkpoint that cannot be read or does not fit the config: bad input, which the
+    CLI reports without a traceback."""
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -25,5 +31,33 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
-    return torch.load(path, map_location=device, weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint` (CheckpointError when the file
+    is unreadable, truncated or not such a checkpoint)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
+        why = (str(exc).strip().splitlines() or ["corrupt file"])[0].split(". ")[0]
+        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {why}"
+                              ) from None
+    missing = [k for k in ("model", "step") if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"cannot read checkpoint {path}: not an atlas-search checkpoint "
+                              f"(no {', '.join(missing)})")
+    return state
+
+
+def load_model_state(model: nn.Module, state: dict[str, Any], what: str) -> None:
+    """Load a checkpoint's weights into ``model``; CheckpointError naming the first
+    differing tensors when the model built from the config has other names or shapes.
+    ``what`` says which config the model was built from."""
+    have = model.state_dict()
+    saved = state["model"]
+    diffs = [f"{k}: {tuple(v.shape)} in the checkpoint, {tuple(have[k].shape)} here"
+             for k, v in saved.items() if k in have and tuple(v.shape) != tuple(have[k].shape)]
+    diffs += [f"{k}: only in the checkpoint" for k in saved if k not in have]
+    diffs += [f"{k}: not in the checkpoint" for k in have if k not in saved]
+    if diffs:
+        more = f" (and {len(diffs) - 2} more)" if len(diffs) > 2 else ""
+        raise CheckpointError(f"the checkpoint's model does not match {what}: "
+                              + "; ".join(diffs[:2]) + more)
+    model.load_state_dict(saved)

@@ -19,7 +19,7 @@ from ..spec.config import Config
 from ..spec.yamlio import dump_yaml
 from ..tasks import Task, make_task
 from ..tasks.base import generator
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
 from .evaluate import evaluate, scored_loss
 from .schedule import lr_factor, param_groups
 
@@ -53,6 +53,42 @@ def set_threads(n: int | None) -> None:
     torch.set_num_threads(n)
 
 
+RESUMABLE = ("name", "train.steps", "train.eval_every", "train.device")
+"""Config fields a resumed run may change: the run's name, its length (``train.steps``, to
+extend a run; the lr schedule then follows the new length from the checkpoint's step on,
+so the numbers differ from an uninterrupted run of the new length), how often it
+evaluates, and the device. Anything else (model, task, lr, seed, batch size, ...) would
+make the resumed run a different experiment, so resuming refuses it."""
+
+
+def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict) and data:
+        out: dict[str, Any] = {}
+        for k, v in data.items():
+            out.update(_leaves(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: data}
+
+
+def check_resume(state: dict[str, Any], config: Config) -> None:
+    """Refuse to resume ``state`` under ``config`` when they differ outside
+    :data:`RESUMABLE`, or when ``train.steps`` is below the checkpoint's step
+    (CheckpointError naming the fields)."""
+    saved = state.get("config")
+    if isinstance(saved, dict):
+        old, new = _leaves(saved), _leaves(config.model_dump(mode="json"))
+        changed = sorted(k for k in old.keys() | new.keys()
+                         if old.get(k) != new.get(k) and k not in RESUMABLE)
+        if changed:
+            raise CheckpointError(
+                f"cannot resume: the config differs from the checkpoint's in "
+                f"{', '.join(changed)}; a resumed run may change only {', '.join(RESUMABLE)} "
+                "(start over with --force, or train into another --out folder)")
+    if config.train.steps < state["step"]:
+        raise CheckpointError(f"cannot resume: the checkpoint is at step {state['step']}, "
+                              f"beyond train.steps {config.train.steps}")
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,8 +115,11 @@ def train(
     ``optuna.TrialPruned``; the exception propagates). With ``run_dir`` the resolved config,
     ``metrics.jsonl``, ``final.json`` and an atomic ``checkpoint.pt`` (at each evaluation)
     are written there; ``resume=True`` continues from that checkpoint and reaches the same
-    numbers as an uninterrupted run (batches are a function of (seed, step)).
-    ``checkpoint=False`` writes everything but the checkpoint (search trials).
+    numbers as an uninterrupted run (batches are a function of (seed, step)); it raises
+    CheckpointError for an unreadable checkpoint or a config that differs from the
+    checkpoint's outside :data:`RESUMABLE`. ``checkpoint=False`` writes everything but the
+    checkpoint (search trials). A task setting its generator cannot produce raises
+    ``tasks.base.TaskError``.
     """
     from ..models import build_model, summarize
 
@@ -109,7 +148,8 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path, device)
-            model.load_state_dict(state["model"])
+            check_resume(state, config)
+            load_model_state(model, state, "this config")
             opt.load_state_dict(state["optimizer"])
             start, history = state["step"], state["history"]
         else:
@@ -154,7 +194,7 @@ def train(
         if done % spec.eval_every == 0 or done == spec.steps:
             ev = evaluate(model, task.evals[task.main_eval], task, batch_size=spec.batch_size,
                           device=device, autocast=autocast)
-            metrics = {"step": float(done), **ev, "train_loss": sum(running) / len(running),
+            metrics = {"step": done, **ev, "train_loss": sum(running) / len(running),
                        "tokens_per_s": tokens / max(train_time, 1e-9),
                        "lr": spec.lr * lr_factor(step, spec)}
             running = []

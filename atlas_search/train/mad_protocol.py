@@ -17,19 +17,7 @@ Report = Callable[[int, dict[str, float]], None]
 
 def mad_instances(suite: MADSuiteTask) -> list[tuple[str, dict]]:
     """``(task name, spec fields)`` for every scored setting, in a fixed order."""
-    from ..tasks.mad import MAD_BASELINES, mad_settings
-
-    out = []
-    for name in suite.tasks:
-        settings = mad_settings(name) if suite.settings == "all" else [MAD_BASELINES[name]]
-        for fields in settings:
-            fields = dict(fields, seed=suite.seed)
-            if suite.max_train is not None:
-                fields["num_train"] = min(fields["num_train"], suite.max_train)
-            if suite.max_test is not None:
-                fields["num_test"] = min(fields["num_test"], suite.max_test)
-            out.append((name, fields))
-    return out
+    return suite.instances()
 
 
 def run_mad(config: Config, *, threads: int | None = None, report: Report | None = None,
