@@ -77,6 +77,20 @@ def test_cpu_bench_cli_prints_rows_and_writes_json(cli, tmp_path):
     assert "| D | T |" in (tmp_path / "tables" / "bench_table.md").read_text()
 
 
+def test_header_states_the_sizes_the_rows_ran():
+    """B = tokens // T and H = width // D need not multiply back to what was asked: the
+    header then gives both."""
+    env = {"device_name": "CPU", "torch": "x"}
+    s = {"dtype": "float32", "tokens": 100, "heads": None, "width": 128, "chunk": 64,
+         "repeats": 1, "warmup": 0}
+    rows = [{"B": 1, "T": 128, "H": 18, "head_dim": 7}]
+    text = ks.header({"environment": env, "settings": s, "rows": rows})
+    assert "B*T = 100 asked (128 run) tokens" in text and "H*D = 128 asked (126 run)" in text
+    even = [{"B": 1, "T": 100, "H": 16, "head_dim": 8}]
+    text = ks.header({"environment": env, "settings": s, "rows": even})
+    assert "B*T = 100 tokens" in text and "H*D = 128," in text and "asked" not in text
+
+
 def test_bench_bad_options_exit_2(cli):
     for args, where in ((["--T", "2x"], "--T"), (["--head-dim", "0"], "--head-dim"),
                         (["--device", "tpu"], "--device"), (["--dtype", "int8"], "--dtype"),

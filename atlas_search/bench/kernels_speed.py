@@ -792,11 +792,21 @@ def ratio_table(result: dict) -> tuple[Columns, list[list[str]]]:
 
 
 def header(result: dict) -> str:
+    """The table's first line: device, dtype and the sizes; ``B = max(1, tokens // T)`` and
+    ``H = max(1, width // D)`` (the rows show both), so B*T and H*D are given as asked
+    and with the values the rows ran when those differ."""
     env, s = result["environment"], result["settings"]
+
+    def asked(name: str, want: int, got: set[int]) -> str:
+        return f"{name} = {want}" + ("" if got <= {want} else
+                                     f" asked ({', '.join(map(str, sorted(got)))} run)")
+
+    rows = result.get("rows", [])
+    bt = asked("B*T", s["tokens"], {r["B"] * r["T"] for r in rows}) + " tokens"
+    hd = f"H = {s['heads']}" if s["heads"] else asked(
+        "H*D", s["width"], {r["H"] * r["head_dim"] for r in rows})
     return (f"kernels_speed on {env['device_name']}: torch {env['torch']}, dtype {s['dtype']}, "
-            f"B*T = {s['tokens']} tokens, "
-            + (f"H = {s['heads']}" if s["heads"] else f"H*D = {s['width']}")
-            + f", chunk {s['chunk']}, gd + l2, median of {s['repeats']} after "
+            f"{bt}, {hd}, chunk {s['chunk']}, gd + l2, median of {s['repeats']} after "
             f"{s['warmup']} warm-up")
 
 

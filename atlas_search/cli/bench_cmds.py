@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from ..bench.gpu_check import TOTAL_BUDGET_S
 from .app import app, err, out
 
 
@@ -96,7 +97,7 @@ def bench(
         "--max-ref-T", help="CPU: time the reference loop only up to this T (512)")] = None,
     budget_s: Annotated[float | None, typer.Option(
         help="skip the remaining cells after this many seconds (gpu-check: the whole "
-        "check, default 450)")] = None,
+        f"check, default {TOTAL_BUDGET_S:g})")] = None,
     profile_t: Annotated[int | None, typer.Option(
         "--profile-T", help="profile one fwd+bwd per head dim at this T (GPU: triton c=1, "
         "c=16, fla; CPU: torch c=1, c=16; default GPU 4096, CPU off; 0: off)")] = None,
