@@ -312,3 +312,26 @@ def test_interrupt_message_starts_its_own_line(cli, tmp_path, monkeypatch):
     res = cli("run", path, "--inline", "--runs", tmp_path)
     assert res.exit_code == 130, res.output
     assert "trial 0 started\ninterrupted: " in res.output
+
+
+def test_baselines_are_queued_once_per_study(tmp_path, monkeypatch):
+    """The study's creator queues the baselines; a driver that loads the study does not
+    queue them again, and queues them itself only when the creator never did."""
+    import atlas_search.search.driver as drv
+
+    space = loads(space_text("once", n=2), "once.yaml")
+    opts = SearchOptions(runs=tmp_path, executor="inline")
+    first = Driver(space, opts)
+    second = Driver(space, opts)
+    queued = [t for t in second.study.trials if t.user_attrs.get("enqueued") == "deltanet"]
+    assert len(queued) == 1 and first.study.user_attrs[drv.BASELINES_QUEUED] is True
+
+    # a study whose creator stopped before queueing: the next driver waits, then queues
+    monkeypatch.setattr(drv, "BASELINE_WAIT_S", 0.3)
+    bare = loads(space_text("bare", n=2), "bare.yaml")
+    url = str(tmp_path / "bare" / "journal.log")
+    optuna.create_study(study_name="bare", storage=drv.open_storage(url), direction="minimize")
+    start = time.perf_counter()
+    late = Driver(bare, opts)
+    assert 0.3 <= time.perf_counter() - start
+    assert [t.user_attrs.get("enqueued") for t in late.study.trials] == ["deltanet"]

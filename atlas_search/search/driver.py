@@ -48,6 +48,10 @@ from .worker import TrialJob
 HEARTBEAT_S = 10.0
 STALE_S = 60.0
 FINAL = "final"
+BASELINES_QUEUED = "baselines_queued"
+"""Study user attr: the spec's baselines have been queued (by the study's creator)."""
+BASELINE_WAIT_S = 10.0
+"""How long a driver that did not create the study waits for its creator's baselines."""
 """User attr marking a FAIL that counts toward n_trials (a re-queued one does not)."""
 
 
@@ -132,11 +136,17 @@ class Driver:
         self.max_steps = max_steps(space)
         self.pruner = make_pruner(self.spec.pruner, self.max_steps)
         directions = [o.direction for o in self.spec.objectives]
-        try:  # the real sampler is set below, once the trial count is known
-            self.study = retry_race(lambda: optuna.create_study(
-                study_name=self.spec.name, storage=self.storage,
-                sampler=optuna.samplers.RandomSampler(), pruner=self.pruner,
-                directions=directions, load_if_exists=True))
+        def create_or_load() -> tuple[optuna.Study, bool]:
+            # the real sampler is set below, once the trial count is known
+            kw = dict(study_name=self.spec.name, storage=self.storage,
+                      sampler=optuna.samplers.RandomSampler(), pruner=self.pruner)
+            try:
+                return optuna.create_study(directions=directions, **kw), True
+            except optuna.exceptions.DuplicatedStudyError:
+                return optuna.load_study(**kw), False
+
+        try:
+            self.study, created = retry_race(create_or_load)
         except storage_errors() as exc:
             raise storage_error(self.url, exc) from exc
         have = [d.name.lower() for d in self.study.directions]
@@ -156,6 +166,27 @@ class Driver:
         self._beat(force=True)
         self.sampler_seed = self._sampler_seed()
         self.study.sampler = make_sampler(self.spec, space, self.sampler_seed)
+        self._enqueue_baselines(created)
+
+    def _enqueue_baselines(self, created: bool) -> None:
+        """Queue the spec's baselines (``enqueue:``) once per study: the driver that created
+        it (the storage's unique study name elects it) queues them at once; another driver
+        that finds the study empty waits up to ``BASELINE_WAIT_S`` for them and queues them
+        itself only if they never come (their creator stopped before queueing)."""
+        points = self.space.enqueue_points()
+        if not points or self.study.user_attrs.get(BASELINES_QUEUED):
+            return
+        if not created:
+            end = time.time() + BASELINE_WAIT_S
+            while not self.study.get_trials(deepcopy=False) and time.time() < end:
+                if self.study.user_attrs.get(BASELINES_QUEUED):
+                    return
+                time.sleep(0.2)
+            if self.study.get_trials(deepcopy=False):
+                return
+        for params, attrs in points:
+            self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
+        self.study.set_user_attr(BASELINES_QUEUED, True)
 
     def _sampler_seed(self) -> int:
         """The module docstring's rule: the spec seed on an empty study; else hashed with
@@ -331,9 +362,6 @@ class Driver:
         requeued = self.requeue_stale()
         if requeued:
             self._event(f"re-queued trials left running: {requeued}")
-        if not self.study.get_trials(deepcopy=False):
-            for params, attrs in self.space.enqueue_points():
-                self.study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=True)
         res = self.spec.resources
         flight: dict[Any, tuple[optuna.Trial, TrialJob, int]] = {}
         deadline = time.time() + self.opts.timeout if self.opts.timeout is not None else None
