@@ -335,3 +335,21 @@ def test_baselines_are_queued_once_per_study(tmp_path, monkeypatch):
     late = Driver(bare, opts)
     assert 0.3 <= time.perf_counter() - start
     assert [t.user_attrs.get("enqueued") for t in late.study.trials] == ["deltanet"]
+
+
+def test_an_impossible_task_setting_fails_its_trial_without_a_traceback(cli, tmp_path):
+    """Compression over 4 symbols at length 4 has too few distinct sequences for a disjoint
+    test set: each trial ends FAIL with the task's reason, not a traceback, and the study
+    goes on."""
+    path = tmp_path / "tiny_task.yaml"
+    path.write_text(_float_space("tinytask", n=2).replace(
+        "task: {name: mqar, vocab_size: 64, seq_len: 32, num_kv_pairs: 2, num_train: 400, "
+        "num_test: 64}",
+        "task: {name: compression, vocab_size: 4, seq_len: 4, num_train: 500, num_test: 100}"))
+    res = cli("run", path, "--inline", "--runs", tmp_path)
+    assert res.exit_code == 0, res.output
+    trials = open_study(tmp_path / "tinytask").trials
+    assert len(trials) == 2 and all(t.state == TrialState.FAIL for t in trials)
+    for t in trials:
+        reason = t.user_attrs["fail_reason"]
+        assert reason.startswith("task: ") and "Traceback" not in reason, reason

@@ -61,6 +61,7 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
     evaluation (single-objective studies) and stopping when the pruner says so."""
     import optuna
 
+    from ..tasks.base import TaskError
     from ..train import train
     from ..train.mad_protocol import report_steps
     from .factory import open_storage
@@ -108,6 +109,8 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
                 else:
                     out.state = "complete"
                     out.values = [float(result.metrics[m]) for m in job.objectives]
+    except TaskError as exc:  # a task setting its generator cannot produce: bad input
+        out.state, out.reason = "fail", f"task: {exc}"
     except Exception as exc:  # noqa: BLE001  (one failing trial never stops the study)
         out.state = "fail"
         tb = traceback.format_exc(limit=4)
