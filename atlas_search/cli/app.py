@@ -23,6 +23,12 @@ out = Console(highlight=False, width=_WIDTH)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def bad(message: str) -> typer.Exit:
+    """Print ``error: message`` to stderr; the caller raises the returned Exit(2)."""
+    err.print(f"error: {message}", markup=False)
+    return typer.Exit(2)
+
+
 def fail(exc: SpecError) -> typer.Exit:
     """Print a SpecError's located issues to stderr; the caller raises the returned Exit(2)."""
     n = len(exc.issues)

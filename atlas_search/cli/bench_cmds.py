@@ -11,12 +11,11 @@ import typer
 from rich.table import Table
 
 from ..bench.gpu_check import TOTAL_BUDGET_S
-from .app import app, err, out
+from .app import app, bad, out
 
 
 def _bad(option: str, msg: str) -> typer.Exit:
-    err.print(f"error: {option}: {msg}", markup=False)
-    return typer.Exit(2)
+    return bad(f"{option}: {msg}")
 
 
 def _ints(option: str, values: list[str], minimum: int = 1) -> tuple[int, ...] | None:
@@ -146,8 +145,7 @@ def bench(
         try:
             code = gc.run_gpu_check(opts)
         except gc.NoCuda as exc:
-            err.print(f"error: --gpu-check: {exc}", markup=False)
-            raise typer.Exit(2) from None
+            raise _bad("--gpu-check", str(exc)) from None
         raise typer.Exit(code)
 
     if device == "auto":

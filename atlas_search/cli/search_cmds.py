@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..spec import Space, SpecError, load
-from .app import app, err, fail, out
+from .app import app, bad, err, fail, out
 
 RUNS = Path("runs")
 
@@ -27,10 +27,8 @@ def _space(path: Path) -> Space:
     except SpecError as exc:
         raise fail(exc) from None
     if not isinstance(spec, Space):
-        err.print(f"error: {path}: a concrete config; `run` needs a search space (a study: "
-                  "section and distributions); use `atlas-search train` for one config",
-                  markup=False)
-        raise typer.Exit(2)
+        raise bad(f"{path}: a concrete config; `run` needs a search space (a study: section "
+                  "and distributions); use `atlas-search train` for one config")
     return spec
 
 
@@ -98,8 +96,7 @@ def run(
         driver = Driver(space, opts, listener=show if live else None,
                         space_text=space_file.read_text(), on_event=None if live else line)
     except ValueError as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        raise bad(str(exc)) from None
     out.print(f"study {space.study.name}: storage {shown_url(driver.url)}", markup=False)
     try:
         if live:
@@ -111,8 +108,7 @@ def run(
             progress = driver.run()
     except ClusterError as exc:
         out.file.flush()  # every stdout line is complete (the live display ends its own)
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        raise bad(str(exc)) from None
     except KeyboardInterrupt:
         out.file.flush()
         err.print("interrupted: running trials were re-queued; rerun the same command to "
@@ -133,8 +129,7 @@ def _open(run_dir: Path, storage: str | None):  # noqa: ANN202
     try:
         return open_study(run_dir, storage)
     except (FileNotFoundError, StorageError) as exc:
-        err.print(f"error: {exc}", markup=False)
-        raise typer.Exit(2) from None
+        raise bad(str(exc)) from None
 
 
 def _fmt(v: float | None) -> str:

@@ -14,7 +14,7 @@ from rich.table import Table
 from ..spec import Config, Space, SpecError, load
 from ..spec.errors import dotted
 from ..spec.task import MADSuiteTask
-from .app import app, err, fail, out
+from .app import app, bad, err, fail, out
 
 
 def _load(path: Path) -> Config | Space:
@@ -144,8 +144,7 @@ def schema(
     from ..spec.schema import schema as make_schema
 
     if layer not in ("both", "concrete", "space"):
-        err.print(f"error: --layer must be both, concrete or space (got {layer!r})", markup=False)
-        raise typer.Exit(2)
+        raise bad(f"--layer must be both, concrete or space (got {layer!r})")
     text = json.dumps(make_schema(layer), indent=2) + "\n"
     if output is None:
         sys.stdout.write(text)
@@ -154,8 +153,7 @@ def schema(
         output.write_text(text)
     except OSError as exc:
         why = "is a folder" if output.is_dir() else exc.strerror or str(exc)
-        err.print(f"error: --out {output}: cannot write: {why}", markup=False)
-        raise typer.Exit(2) from None
+        raise bad(f"--out {output}: cannot write: {why}") from None
     err.print(f"wrote {output}", markup=False)
 
 

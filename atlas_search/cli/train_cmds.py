@@ -18,7 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..spec import Config, SpecError, load_config
-from .app import app, err, fail, out
+from .app import app, bad, err, fail, out
 
 SET_HELP = "override a field: dotted.path=value (YAML value), repeatable"
 EVAL_SETTABLE = ("task.", "train.batch_size", "train.device")
@@ -44,20 +44,9 @@ def _metrics_table(title: str, metrics: dict[str, float]) -> Table:
     return table
 
 
-def _data_missing(exc: Exception) -> typer.Exit:
-    err.print(f"error: {exc}", markup=False)
-    return typer.Exit(2)
-
-
-def _bad(message: str) -> typer.Exit:
-    """Print ``error: message`` to stderr; the caller raises the returned Exit(2)."""
-    err.print(f"error: {message}", markup=False)
-    return typer.Exit(2)
-
-
 def _task_error(source: Path, exc: Exception) -> typer.Exit:
     """A task setting the generator cannot produce (``tasks.base.TaskError``)."""
-    return _bad(f"{source}: task: {exc}")
+    return bad(f"{source}: task: {exc}")
 
 
 def _make_task(cfg: Config, source: Path):  # noqa: ANN202
@@ -70,7 +59,7 @@ def _make_task(cfg: Config, source: Path):  # noqa: ANN202
     except TaskError as exc:
         raise _task_error(source, exc) from None
     except RuntimeError as exc:  # data that must be installed (PTB)
-        raise _data_missing(exc) from None
+        raise bad(str(exc)) from None
 
 
 def _device(cfg: Config, source: Path):  # noqa: ANN202
@@ -80,13 +69,13 @@ def _device(cfg: Config, source: Path):  # noqa: ANN202
     try:
         return resolve_device(cfg.train.device)
     except RuntimeError as exc:
-        raise _bad(f"{source}: {exc}") from None
+        raise bad(f"{source}: {exc}") from None
 
 
 def _not_a_file(run_dir: Path, flag: str) -> None:
     """Exit(2) when a file is where the run folder should be."""
     if run_dir.exists() and not run_dir.is_dir():
-        raise _bad(f"{flag} {run_dir}: a file is in the way; the run folder must be a folder")
+        raise bad(f"{flag} {run_dir}: a file is in the way; the run folder must be a folder")
 
 
 def _run_folder(run_dir: Path, flag: str) -> None:
@@ -95,7 +84,7 @@ def _run_folder(run_dir: Path, flag: str) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise _bad(f"{flag} {run_dir}: cannot make the run folder: "
+        raise bad(f"{flag} {run_dir}: cannot make the run folder: "
                    f"{exc.strerror or exc}") from None
 
 
@@ -125,7 +114,7 @@ def train(
     _device(cfg, config)
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists() and not (resume or force):
-        raise _bad(f"{run_dir} already holds a checkpoint; pass --resume to continue it or "
+        raise bad(f"{run_dir} already holds a checkpoint; pass --resume to continue it or "
                    "--force to start over")
     if cfg.task.name == "mad":
         _run_mad(cfg, run_dir, threads, config, flag)
@@ -136,7 +125,7 @@ def train(
         try:
             check_resume(load_checkpoint(ckpt), cfg)
         except CheckpointError as exc:
-            raise _bad(str(exc)) from None
+            raise bad(str(exc)) from None
     task = _make_task(cfg, config)
     _run_folder(run_dir, flag)
     tr = cfg.train
@@ -159,7 +148,7 @@ def train(
             result = run_training(cfg, run_dir=run_dir, threads=threads, report=report,
                                   progress=progress, resume=resume, task=task)
         except CheckpointError as exc:
-            raise _bad(str(exc)) from None
+            raise bad(str(exc)) from None
     out.print(_metrics_table(f"{cfg.name or config.stem}: {result.status} at step "
                              f"{result.step}", result.metrics))
     out.print(f"run folder: {run_dir}", markup=False)
@@ -185,11 +174,11 @@ def evaluate_cmd(
     run_dir = run.parent if run.suffix == ".pt" else run
     ckpt = run if run.suffix == ".pt" else run / "checkpoint.pt"
     if not ckpt.is_file():
-        raise _bad(f"{ckpt}: no such checkpoint")
+        raise bad(f"{ckpt}: no such checkpoint")
     for item in set_:
         key = item.partition("=")[0].strip()
         if not key.startswith(EVAL_SETTABLE):
-            raise _bad(f"--set {item}: eval keeps the checkpoint's model and training; only "
+            raise bad(f"--set {item}: eval keeps the checkpoint's model and training; only "
                        f"{', '.join(k + '*' if k.endswith('.') else k for k in EVAL_SETTABLE)} "
                        "may change")
     source = run_dir / "config.yaml"
@@ -198,14 +187,14 @@ def evaluate_cmd(
     try:
         state = load_checkpoint(ckpt, device)
     except CheckpointError as exc:
-        raise _bad(str(exc)) from None
+        raise bad(str(exc)) from None
     task = _make_task(cfg, source)
     model = build_model(cfg, vocab_size=task.vocab_size).to(device)
     try:
         load_model_state(model, state, "the config with these --set changes" if set_ else
                          f"{source}")
     except CheckpointError as exc:
-        raise _bad(str(exc)) from None
+        raise bad(str(exc)) from None
     results = {}
     with torch.no_grad():
         for name, data in task.evals.items():
@@ -268,7 +257,7 @@ def mad(
     for flag, value, allowed in [("--settings", settings, ("baseline", "all"))] + [
             ("--task", t, MAD_TASK_NAMES) for t in tasks]:
         if value not in allowed:
-            raise _bad(f"{flag} {value!r}: not allowed\n    " + allowed_hint(value, allowed))
+            raise bad(f"{flag} {value!r}: not allowed\n    " + allowed_hint(value, allowed))
     suite: dict = {"name": "mad", "settings": settings}
     if tasks:
         suite["tasks"] = tasks
