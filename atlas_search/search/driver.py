@@ -194,9 +194,8 @@ class Driver:
         seed = spec_seed(self.spec)
         n = len(self.study.get_trials(deepcopy=False))
         now = time.time()
-        others = [k for k, v in self.study.user_attrs.items()
-                  if k.startswith("driver:") and k != f"driver:{self.driver_id}"
-                  and now - float(v) <= STALE_S]
+        others = [d for d, beat in self._beats().items()
+                  if d != self.driver_id and now - beat <= STALE_S]
         if not others:
             return derive_seed(seed, n) if n else seed
         return derive_seed(seed, n, self.driver_id)
@@ -217,6 +216,11 @@ class Driver:
                         "study a new name")
 
     # ------------------------------------------------------------------ bookkeeping
+    def _beats(self) -> dict[str, float]:
+        """Every driver's last heartbeat (``driver:<id>`` study attrs), by driver id."""
+        return {k.split(":", 1)[1]: float(v) for k, v in self.study.user_attrs.items()
+                if k.startswith("driver:")}
+
     def _beat(self, force: bool = False) -> None:
         now = time.time()
         if force or now - self._last_beat > HEARTBEAT_S:
@@ -235,8 +239,7 @@ class Driver:
         its process is dead, or its heartbeat is older than ``STALE_S``. A RUNNING trial with
         no owner yet (another driver between ``ask`` and tagging it) counts as gone only
         once it started more than ``STALE_S`` ago."""
-        beats = {k.split(":", 1)[1]: v for k, v in self.study.user_attrs.items()
-                 if k.startswith("driver:")}
+        beats = self._beats()
         requeued = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("driver")
@@ -249,7 +252,7 @@ class Driver:
                 same_host = t.user_attrs.get("driver_host") == self.host
                 pid = t.user_attrs.get("driver_pid")
                 dead = (same_host and isinstance(pid, int) and not _alive(pid)) or (
-                    time.time() - float(beats.get(owner, 0.0)) > STALE_S)
+                    time.time() - beats.get(owner, 0.0) > STALE_S)
             if not dead:
                 continue
             self.storage.set_trial_user_attr(
