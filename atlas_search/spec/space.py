@@ -377,9 +377,15 @@ def resolve_when(space: Space, doc: Any) -> list[Issue]:
             path = tuple(key.split(".")) if "." in key else d.path[:-1] + (key,)
             owner = field_at(Config, path, space.base)
             here = d.path + ("when", key)
-            block = owner is not None and bool(
-                union_members(owner[0].model_fields[owner[1]].annotation))
-            if owner is None or block:
+            block = union_members(owner[0].model_fields[owner[1]].annotation) if owner else []
+            if block:  # a block, not a field: name one of its fields instead
+                fields = list(pick_member(block, _get(space.base, path)[1]).model_fields)
+                issues.append(doc.issue(
+                    here, f"when: names {dotted(path)!r}, which is a block, not a field",
+                    key=True, hint=f"name one of its fields: {dotted(path)}.<field>; fields "
+                    "there: " + ", ".join(fields)))
+                continue
+            if owner is None:
                 opts: list[str] = []
                 if len(path) > 1:
                     pc = field_at(Config, path[:-1], space.base)
@@ -388,15 +394,6 @@ def resolve_when(space: Space, doc: Any) -> list[Issue]:
                         opts = list(members[0].model_fields) if members else []
                 else:
                     opts = list(Config.model_fields)
-
-                if block:  # name one of the block's fields instead
-                    members = union_members(owner[0].model_fields[owner[1]].annotation)
-                    fields = list(pick_member(members, _get(space.base, path)[1]).model_fields)
-                    issues.append(doc.issue(
-                        here, f"when: names {dotted(path)!r}, which is a block, not a field",
-                        key=True, hint=f"name one of its fields: {dotted(path)}.<field>; fields "
-                        "there: " + ", ".join(fields)))
-                    continue
                 issues.append(
                     doc.issue(
                         here,
