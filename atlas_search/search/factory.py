@@ -83,14 +83,13 @@ def storage_errors() -> tuple[type[BaseException], ...]:
 
 
 def _races() -> tuple[type[BaseException], ...]:
-    """What a driver sees when a concurrent one created the same schema or study first."""
-    from optuna.exceptions import DuplicatedStudyError
-
+    """What a driver sees when a concurrent one created the same database schema first (a
+    study created first is the driver's own case: ``DuplicatedStudyError``, then load)."""
     try:
         from sqlalchemy.exc import IntegrityError, InternalError, ProgrammingError
     except ImportError:
-        return (DuplicatedStudyError,)
-    return (DuplicatedStudyError, IntegrityError, ProgrammingError, InternalError)
+        return ()
+    return (IntegrityError, ProgrammingError, InternalError)
 
 
 def retry_race(make: Callable[[], T], tries: int = 5) -> T:
