@@ -126,6 +126,46 @@ def test_half_precision_operands(device, opt, obj):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt,obj,c", [("gd", "l2", 1), ("gd", "l2", 3), ("gd", "dot", 8),
+                                       ("momentum", "l2", 3), ("momentum", "dot", 1)])
+def test_output_kernel_loop_form(device, opt, obj, c, monkeypatch):
+    """The output kernel's ``VLOOP`` form (one program per chunk looping over the Dv
+    blocks, ``P = C ∘ Q K_I^T`` computed once) against the reference: Dv = 20 is two
+    column blocks under the interpreter (and a masked partial one), T = 11 a partial last
+    chunk; on CUDA the loop configs are put first, so the fixed config is one of them."""
+    monkeypatch.setattr(omega_triton, "INTERPRET_VLOOP", True)
+    if device == "cuda":
+        first = omega_triton.configs
+
+        def loop_first(name, dk, dv):
+            return tuple(sorted(first(name, dk, dv), key=lambda cfg: not cfg[2]))
+
+        monkeypatch.setattr(omega_triton, "configs", loop_first)
+        assert omega_triton.configs("out", 20, 20)[0][2]
+    shape = (2, 11, 2, 20, 20)
+    for dtype in dtypes_for(device):
+        rnd = dtype if dtype == BF16 else None
+        ref = reference(opt, obj, c, 4, shape=shape, round_to=rnd)
+        got = triton_run(device, dtype, opt, obj, c, 4, shape=shape, round_to=rnd)
+        check(ref, got, dtype, (opt, obj, c))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_dc_end_partials_beyond_the_launched_blocks_are_zero(device, monkeypatch):
+    """``_omega_bwd_dv`` writes ``dc_end`` (``dcS_end``) per Dv block into partials sized
+    for the narrowest ``BV``; a wider autotuned config leaves rows unwritten, which must
+    add nothing. Two rows more than the launch writes (NaN-filled buffers elsewhere): the
+    gate gradients still match the reference."""
+    first = omega_triton._dv_partials
+    monkeypatch.setattr(omega_triton, "_dv_partials", lambda dk, dv, i: first(dk, dv, i) + 2)
+    shape = (1, 11, 2, 20, 20)
+    for opt, obj in (("gd", "l2"), ("momentum", "dot")):
+        ref = reference(opt, obj, 3, 4, shape=shape)
+        got = triton_run(device, F32, opt, obj, 3, 4, shape=shape)
+        check(ref, got, F32, opt)
+
+
+@pytest.mark.parametrize("device", DEVICES)
 def test_column_blocks_dot_objective(device):
     """The dot objective (no ``E`` buffer, no ``K_I^T dE`` term in the dM recurrence) with
     two column blocks and two Dk blocks; one forward pass counts one in ``stats``."""
@@ -465,7 +505,9 @@ def test_autotune_configs_are_eight_warps_and_distinct():
         for d in (16, 64, 128):
             cfgs = omega_triton.configs(name, d, d)
             assert cfgs and len(set(cfgs)) == len(cfgs)
-            assert all(w == 8 and bv <= max(16, d) for bv, w in cfgs)
+            assert all(w == 8 and bv <= max(16, d) for bv, w, _ in cfgs)
+            assert not cfgs[0][2]  # the fixed config is the per-block form
+            assert name in omega_triton.LOOP_KERNELS or not any(loop for *_, loop in cfgs)
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -74,6 +74,7 @@ class Row:
     window: int
     bv: int
     num_warps: int
+    loop: bool = False  # the output kernel's VLOOP form
     registers: int | None = None
     spill_stores: int | None = None
     stack: int | None = None
@@ -136,8 +137,9 @@ def _block(ot, name: str, head_dim: int) -> int:
 
 
 def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int,
-                arch: int = 90) -> Row:
-    """Compile kernel ``name`` for ``sm_<arch>`` at ``var`` with ``(BV, num_warps)``."""
+                arch: int = 90, loop: bool = False) -> Row:
+    """Compile kernel ``name`` for ``sm_<arch>`` at ``var`` with config ``(BV, num_warps,
+    VLOOP)``."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -149,7 +151,7 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
     else:
         consts = {**ot._consts(var.chunk, var.rows, var.head_dim, var.momentum, var.l2,
                                var.dtype != "float32"),
-                  "BK": _block(ot, name, var.head_dim), "BV": bv}
+                  "BK": _block(ot, name, var.head_dim), **ot._meta(name, bv, loop)}
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     in_dtype = _IN_DTYPE_ARGS
     if name in COEF:  # the gates and their gradients (gamma's in fp32 when halo rows add in)
@@ -163,7 +165,7 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
         else:
             sig[a] = "i32"
     row = Row(name, var.dtype, "momentum" if var.momentum else "gd", var.head_dim, var.chunk,
-              var.window, bv, num_warps)
+              var.window, bv, num_warps, loop)
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v
                                          for k, v in consts.items()})
     log = io.StringIO()
@@ -206,15 +208,16 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
                 for name in KERNELS:
                     if name in COEF and var.momentum:
                         continue
-                    cfgs = ((0, ot.PLAIN_WARPS),) if name in COEF else ot.configs(
+                    cfgs = ((0, ot.PLAIN_WARPS, False),) if name in COEF else ot.configs(
                         name, var.head_dim, var.head_dim)
-                    for bv, w in cfgs if all_configs else cfgs[:1]:
+                    for bv, w, loop in cfgs if all_configs else cfgs[:1]:
                         key = (name, replace(var, head_dim=_block(ot, name, var.head_dim)),
-                               bv, w)
+                               bv, w, loop)
                         if key in done:
                             row = replace(done[key], head_dim=var.head_dim, seconds=0.0)
                         else:
-                            row = done[key] = compile_one(kern, ot, name, var, bv, w, arch)
+                            row = done[key] = compile_one(kern, ot, name, var, bv, w, arch,
+                                                          loop)
                         rows.append(row)
                         if progress:
                             progress(_line(row))
@@ -228,7 +231,8 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
 
 def _line(row: Row) -> str:
     head = (f"{row.kernel:10s} {row.dtype:8s} {row.optimizer:8s} D={row.head_dim:<3d} "
-            f"b={row.chunk} c={row.window:<2d} BV={row.bv:<2d} warps={row.num_warps}")
+            f"b={row.chunk} c={row.window:<2d} BV={row.bv:<2d} warps={row.num_warps}"
+            f"{' loop' if row.loop else ''}")
     if row.error:
         return f"{head}  FAILED {row.error}"
     return (f"{head}  regs {row.registers}  spill {row.spill_stores} B  stack {row.stack} B"

@@ -86,12 +86,15 @@ Split of the work (the same maths as ``omega_linear._omega_torch``):
      chunk; ``dE`` feeds ``dM_s`` for l2 only); writes every chunk's ``dM_end``
      (``dS_end``) to a buffer and ``dM_0`` (``dS_0``).
   6. ``_omega_bwd_dv`` (parallel over chunks and Dv column blocks): ``dE`` from ``U`` and
-     ``dM_end`` (``dS_end``), written as ``dV_I = -dE``, and (l2) ``E`` into a buffer.
+     ``dM_end`` (``dS_end``), written as ``dV_I = -dE``, (l2) ``E`` into a buffer, and
+     ``dc_end`` (``dcS_end``) from the ``K_I dM_end`` (``K_I dS_end``) that ``dE`` needs
+     anyway, per Dv block into zeroed partials summed in torch (it had been a fifth product
+     per Dv block in step 7's inner loop).
   7. ``_omega_bwd_dqk`` (parallel over chunks and Dk blocks of at most 64, as fla's
      ``chunk_bwd_dqkwg``): loops over Dv, accumulating ``dP``, ``dO M_s^T``
      (``dO S_s^T``) and ``dK_I`` in fp32 registers, then writes ``dQ`` and ``dK_I``
-     whole; the gradients that also sum over Dk (``dC, dA, dBm`` and the chunk-end ones)
-     are written per Dk block and summed in torch. (One kernel per (chunk, column block)
+     whole; the gradients that also sum over Dk (``dC, dA, dBm`` and ``dA_end, dBm_end,
+     dTh_end``) are written per Dk block and summed in torch. (One kernel per (chunk, column block)
      holding ``dQ, dK_I`` for all of Dk spilled kilobytes of registers per thread at
      ``Dk = 128``, and wrote Dv/32 partial copies of them.)
 
@@ -852,10 +855,13 @@ def _dqk_bk(dk: int, interpret: bool = False) -> int:
 
 
 @functools.cache
-def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
-    """The ``(BV, num_warps)`` configs kernel ``name`` is autotuned over on CUDA (``BV``: the
-    Dv column block of the grid; for ``bwd_dqk`` the Dv block of its inner loop). The first
-    one is the fixed config used when :data:`AUTOTUNE` is off.
+def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int, bool], ...]:
+    """The ``(BV, num_warps, VLOOP)`` configs kernel ``name`` is autotuned over on CUDA
+    (``BV``: the Dv column block of the grid; for ``bwd_dqk`` the Dv block of its inner loop;
+    ``VLOOP``, :data:`LOOP_KERNELS` only: one program per chunk looping over the Dv blocks
+    instead of one per (chunk, Dv block), so ``P = C ∘ Q K_I^T`` (``out``) or ``P^T``
+    (``bwd_local``) is computed once per chunk instead of once per block). The first one is
+    the fixed config used when :data:`AUTOTUNE` is off.
 
     Chosen from sm_90 ahead-of-time compiles (:mod:`atlas_search.bench.aot_check`, bf16,
     b = 64): the register file, not shared memory, limits these kernels. The sequential
@@ -869,45 +875,70 @@ def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int], ...]:
     against the first). The output kernel has no ``BV = 64`` config: with Triton 3.7.1 on an
     H100 its bf16 compile at ``c = 16`` gave outputs 0.58 (D = 64) and 0.38 (D = 128) off
     the float64 torch backend (relative), while ``BV = 32`` and ``16`` were within 3e-3 and
-    fp32 was right at every ``BV``."""
+    fp32 was right at every ``BV``. Its ``VLOOP`` configs: at ``Dk = 128``, ``c = 16`` the halo
+    tile takes the per-block kernel from 128 to about 230 registers per thread (sm_90, Triton
+    3.9), one 8-warp block per SM instead of two, and on an H200 it ran 2.3x as long as at
+    ``c = 1`` (1.75 against 0.77 ms at D = 128, T = 4k, bf16); the loop form does about a
+    third fewer multiply-adds, and autotuning picked it there: 0.51 ms at ``c = 16``,
+    0.39 ms at ``c = 1`` (0.61 -> 0.35 ms at D = 64). ``bwd_local`` recomputed ``P^T``
+    per block the same way and has the same loop configs (not yet timed on a GPU: the
+    autotuner keeps the per-block form where that is faster)."""
     cap = _np2(dv)
     if name == "bwd_dqk":
-        cands = [(16, 8), (32, 8)]
+        cands = [(16, 8, False), (32, 8, False)]
     elif name in ("states", "bwd_dh"):
         bv = 16 if _np2(dk) >= 128 else 32
-        cands = [(bv, 8), (2 * bv, 8)]
+        cands = [(bv, 8, False), (2 * bv, 8, False)]
     elif name == "out":
-        cands = [(32, 8), (16, 8)]
+        cands = [(32, 8, False), (16, 8, False), (16, 8, True), (32, 8, True)]
+    elif name == "bwd_local":
+        cands = [(32, 8, False), (64, 8, False), (16, 8, True), (32, 8, True)]
     else:
-        cands = [(32, 8), (64, 8)]
+        cands = [(32, 8, False), (64, 8, False)]
     out = []
-    for bv, w in cands:
-        c = (min(bv, cap), w)
+    for bv, w, loop in cands:
+        c = (min(bv, cap), w, loop)
         if c not in out:
             out.append(c)
     return tuple(out)
 
 
+INTERPRET_VLOOP = False
+"""``VLOOP`` of :data:`LOOP_KERNELS` under the interpreter (whose config is fixed: ``BV`` =
+:data:`INTERPRET_BV`); the tests run both forms."""
+
+
+LOOP_KERNELS = ("out", "bwd_local")
+"""The kernels with a ``VLOOP`` form (:func:`configs`)."""
+
+
+def _meta(name: str, bv: int, loop: bool) -> dict:
+    """The config constexprs of kernel ``name``: ``BV`` (and ``VLOOP`` for
+    :data:`LOOP_KERNELS`)."""
+    return {"BV": bv, "VLOOP": loop} if name in LOOP_KERNELS else {"BV": bv}
+
+
 def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts: dict,
           g1: int | None = None) -> None:
-    """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)``, or ``(g0, g1)`` when
-    ``g1`` is given (``bwd_dqk``: Dk blocks). ``BV`` = :data:`INTERPRET_BV` under the
-    interpreter; on CUDA autotuned over :func:`configs`, or its first config when
-    :data:`AUTOTUNE` is off."""
+    """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)`` (one column when the
+    config loops over them, ``VLOOP``), or ``(g0, g1)`` when ``g1`` is given (``bwd_dqk``: Dk
+    blocks). ``BV`` = :data:`INTERPRET_BV` under the interpreter; on CUDA autotuned over
+    :func:`configs`, or its first config when :data:`AUTOTUNE` is off."""
 
-    def grid(bv: int) -> tuple[int, int]:
-        return (g0, triton.cdiv(dv, bv) if g1 is None else g1)
+    def grid(bv: int, loop: bool = False) -> tuple[int, int]:
+        return (g0, (1 if loop else triton.cdiv(dv, bv)) if g1 is None else g1)
 
     if kern["interpret"]:
-        kern[name][grid(INTERPRET_BV)](*args, BV=INTERPRET_BV, **consts)
+        meta = _meta(name, INTERPRET_BV, INTERPRET_VLOOP)
+        kern[name][grid(INTERPRET_BV, meta.get("VLOOP", False))](*args, **meta, **consts)
         return
     cfgs = configs(name, dk, dv)
     if not _autotune():
-        bv, w = cfgs[0]
-        kern[name][grid(bv)](*args, BV=bv, num_warps=w, **consts)
+        bv, w, loop = cfgs[0]
+        kern[name][grid(bv, loop)](*args, **_meta(name, bv, loop), num_warps=w, **consts)
         return
     fn = kern["tuned"](name, cfgs)
-    fn[lambda meta: grid(meta["BV"])](*args, **consts)
+    fn[lambda meta: grid(meta["BV"], meta.get("VLOOP", False))](*args, **consts)
 
 
 PLAIN_WARPS = 8
@@ -1024,6 +1055,14 @@ def _launch_forward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, mom,
     return o, mf, sf, man
 
 
+def _dv_partials(dk: int, dv: int, interpret: bool) -> int:
+    """Rows of ``_omega_bwd_dv``'s per-Dv-block partials of ``dc_end``: one per column block
+    of the narrowest ``BV`` it may run (:data:`INTERPRET_BV`, or the smallest of
+    :func:`configs`); a wider config leaves the rest at zero."""
+    bv = INTERPRET_BV if interpret else min(cfg[0] for cfg in configs("bwd_dv", dk, dv))
+    return -(-dv // bv)
+
+
 def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do, dmf, dsf,
                      dman, mom, l2):
     """State recomputation (``_omega_states``), the dO-local terms (``_omega_bwd_local``,
@@ -1084,12 +1123,18 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
         _call(kern, "bwd_dh", bh, dk, dv, args, consts)
         del w, ws
 
-        # dV = -dE (own rows in the inputs' dtype and layout, halo rows in a buffer) and
-        # (l2) E; _omega_bwd_dqk reads dE back from them (l2)
+        # dV = -dE (own rows in the inputs' dtype and layout, halo rows in a buffer), (l2)
+        # E (_omega_bwd_dqk reads dE and E back from them), and dc_end (dcS_end) per Dv
+        # block, summed below: zeros, as a config with a wider BV leaves rows unwritten
+        # (the autotuner zeroes them again before each trial and the final launch)
         dv_ = _empty((*q.shape[:3], dv), q.dtype, dev)
         hdv = _empty((bh, nt, hl, dv), cd, dev) if hl else dv_
         e = _empty((bh, nt, n, dv), cd, dev) if l2 else u
-        args = (k, v, hk_, hv_, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, hdv, *geo)
+        nvb = _dv_partials(dk, dv, kern["interpret"])
+        dce = torch.zeros((nvb, bh, nt, n), dtype=cd, device=dev)
+        dcse = torch.zeros((nvb, bh, nt, n), dtype=cd, device=dev) if mom else dce
+        args = (k, v, hk_, hv_, ce, cse if mom else dummy, ms, dme, dse, u, e, dv_, hdv, dce,
+                dcse, nc, *geo)
         _call(kern, "bwd_dv", nc, dk, dv, args, consts)
         del u
 
@@ -1103,14 +1148,12 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
         da = _empty((nk, bh, nt, b), cd, dev)
         dc = _empty((nk, bh, nt, b, n), cd, dev)
         dae = _empty((nk, bh, nt), cd, dev)
-        dce = _empty((nk, bh, nt, n), cd, dev)
         if mom:
             dbm = _empty((nk, bh, nt, b), cd, dev)
             dbe = _empty((nk, bh, nt), cd, dev)
             dte = _empty((nk, bh, nt), cd, dev)
-            dcse = _empty((nk, bh, nt, n), cd, dev)
         else:
-            dbm = dbe = dte = dcse = da
+            dbm = dbe = dte = da
         args = (
             q,
             k,
@@ -1139,8 +1182,6 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
             dae,
             dbe,
             dte,
-            dce,
-            dcse,
             nc,
             *geo,
         )
@@ -1153,8 +1194,8 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
         raise _KernelError(str(exc)) from exc
     stats["backward"] += 1
 
-    def red(x):
-        return x.sum(0) if nk > 1 else x[0]
+    def red(x):  # the partials over Dk blocks (dce, dcse: over Dv blocks)
+        return x.sum(0) if x.shape[0] > 1 else x[0]
 
     out = [dq, dk_, dv_, dhk, dhv, red(da), red(dc)]
     out += [red(dbm) if mom else None, red(dae)]
@@ -1164,6 +1205,10 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
 
 
 # ----------------------------------------------------------------------------- kernels
+
+_RESET = {"bwd_dv": ["dce_ptr", "dcse_ptr"]}
+"""Per-block partial buffers that a config with a wider ``BV`` leaves partly unwritten:
+zeroed by the autotuner before each trial and before the launch that follows it."""
 
 # autotune keys (the integer arguments each kernel has; NT and the grid size are not keys)
 _KEYS = {
@@ -1184,7 +1229,7 @@ def _kernels() -> dict:
     global triton, tl, _tile, _rows_load, _rows_store, _kv_block, _states_part, _out_part
     global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin
     global _coef_index, _coef_gamma, _coef_band, _coef_scan, _coef_x, _state_pair, _gate_pair
-    global _tok_rows, _tok_ptrs, _tok_load, _tok_store
+    global _tok_rows, _tok_ptrs, _tok_load, _tok_store, _out_p, _out_pe, _u_pt, _u_store
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -1385,6 +1430,30 @@ def _kernels() -> dict:
         return tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
 
     @triton.jit
+    def _out_p(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk,
+               BR: tl.constexpr, HT: tl.constexpr):
+        # one tile's keys K_r and P_r = C_r ∘ Q K_r^T, in the dot dtype (VLOOP: computed
+        # once per chunk, then reused for every Dv block)
+        dd = qq.dtype
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
+        cc = _rows_load(c_ptr, cj, L, ol, ml, r, mr, N)  # C[:, r]
+        qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
+        return (cc.to(qk.dtype) * qk).to(dd), kk
+
+    @triton.jit
+    def _out_pe(p, kk, v_ptr, hv_ptr, cj, NT, T, H, L, N, DV, R0, NR, m, ov, mv,
+                BR: tl.constexpr, HT: tl.constexpr, L2: tl.constexpr):
+        # one tile's P_r E_r for one Dv block, E_r = K_r M_s - V_r (l2) or -V_r (dot)
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        vv = _tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV, HT)
+        if L2:
+            e = tl.dot(kk, m.to(kk.dtype), input_precision="ieee") - vv.to(m.dtype)
+        else:
+            e = -vv.to(m.dtype)
+        return tl.dot(p, e.to(p.dtype), input_precision="ieee")
+
+    @triton.jit
     def _omega_out(
         q_ptr,
         k_ptr,
@@ -1408,35 +1477,66 @@ def _kernels() -> dict:
         BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        VLOOP: tl.constexpr,
         HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
     ):
-        # parallel: one program per (chunk of a batch*head, Dv column block)
+        # parallel: one program per (chunk of a batch*head, Dv column block), or (VLOOP) one
+        # per chunk looping over the Dv blocks, P = C ∘ Q K_I^T computed once
         cj = tl.program_id(0).to(tl.int64)  # chunk index in [BH * NT]
-        i_v = tl.program_id(1).to(tl.int64)
         cd = a_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         ml = ol < L
         tq = (cj % NT).to(tl.int32) * L + ol  # the chunk's own tokens
-        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
-        cs_off = cj * DK * DV + kv_off
-        m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-        qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
-        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-        o = aa[:, None] * tl.dot(qq, m.to(dd), input_precision="ieee")
-        o -= _out_part(qq, k_ptr, v_ptr, hk_ptr, hv_ptr, c_ptr, cj, NT, T, H, L, N, DK, DV,
-                       N - L, L, m, ol, ml, ok, mk, ov, mv, BL, False, L2, LOWP)
-        if HALO:
+        if VLOOP:
+            ok = tl.arange(0, BK)
+            mk = ok < DK
+            qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
+            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            bm = aa
+            if MOMENTUM:
+                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            p, kk = _out_p(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, N - L, L, ol, ml,
+                           ok, mk, BL, False)
+            ph, kh = p, kk
+            if HALO:
+                ph, kh = _out_p(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, 0, N - L, ol,
+                                ml, ok, mk, BH, True)
+            for i_b in range(tl.cdiv(DV, BV)):
+                ok, mk, ov, mv, mkv, kv_off = _kv_block(i_b, DK, DV, BK, BV)
+                cs_off = cj * DK * DV + kv_off
+                m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+                o = aa[:, None] * tl.dot(qq, m.to(dd), input_precision="ieee")
+                if HALO:
+                    o -= _out_pe(ph, kh, v_ptr, hv_ptr, cj, NT, T, H, L, N, DV, 0, N - L, m, ov,
+                                 mv, BH, True, L2)
+                o -= _out_pe(p, kk, v_ptr, hv_ptr, cj, NT, T, H, L, N, DV, N - L, L, m, ov, mv,
+                             BL, False, L2)
+                if MOMENTUM:
+                    s = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+                    o += bm[:, None] * tl.dot(qq, s.to(dd), input_precision="ieee")
+                _tok_store(o_ptr, cj, NT, T, H, tq, ml, ov, mv, DV, o)
+        else:
+            i_v = tl.program_id(1).to(tl.int64)
+            ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
+            cs_off = cj * DK * DV + kv_off
+            m = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+            qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
+            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            o = aa[:, None] * tl.dot(qq, m.to(dd), input_precision="ieee")
             o -= _out_part(qq, k_ptr, v_ptr, hk_ptr, hv_ptr, c_ptr, cj, NT, T, H, L, N, DK, DV,
-                           0, N - L, m, ol, ml, ok, mk, ov, mv, BH, True, L2, LOWP)
-        if MOMENTUM:
-            s = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
-            bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            o += bm[:, None] * tl.dot(qq, s.to(dd), input_precision="ieee")
-        _tok_store(o_ptr, cj, NT, T, H, tq, ml, ov, mv, DV, o)
+                           N - L, L, m, ol, ml, ok, mk, ov, mv, BL, False, L2, LOWP)
+            if HALO:
+                o -= _out_part(qq, k_ptr, v_ptr, hk_ptr, hv_ptr, c_ptr, cj, NT, T, H, L, N, DK, DV,
+                               0, N - L, m, ol, ml, ok, mk, ov, mv, BH, True, L2, LOWP)
+            if MOMENTUM:
+                s = tl.load(ss_ptr + cs_off, mask=mkv, other=0.0).to(cd)
+                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+                o += bm[:, None] * tl.dot(qq, s.to(dd), input_precision="ieee")
+            _tok_store(o_ptr, cj, NT, T, H, tq, ml, ov, mv, DV, o)
 
     @triton.jit
     def _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR, ol,
@@ -1453,6 +1553,25 @@ def _kernels() -> dict:
                      mask=mr[:, None] & ml[None, :], other=0.0).to(cd)  # C[:, r]^T
         pt = ct * tl.dot(kk, tl.trans(qq), input_precision="ieee")
         u = -tl.dot(pt.to(dd), do.to(dd), input_precision="ieee")
+        _rows_store(u_ptr, cj, N, r, mr, ov, mv, DV, u)
+
+    @triton.jit
+    def _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk,
+              cd: tl.constexpr, BR: tl.constexpr, HT: tl.constexpr):
+        # one tile's P_r^T = C[:, r]^T ∘ K_r Q^T in the dot dtype, built directly as in
+        # _u_part (VLOOP: once per chunk, then reused for every Dv block)
+        dd = qq.dtype
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
+        ct = tl.load(c_ptr + (cj * L + ol[None, :]) * N + r[:, None],
+                     mask=mr[:, None] & ml[None, :], other=0.0).to(cd)  # C[:, r]^T
+        return (ct * tl.dot(kk, tl.trans(qq), input_precision="ieee")).to(dd)
+
+    @triton.jit
+    def _u_store(pt, do, u_ptr, cj, NT, L, N, DV, R0, NR, ov, mv, BR: tl.constexpr):
+        # one tile's rows of U = -P^T dO for one Dv block
+        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
+        u = -tl.dot(pt, do.to(pt.dtype), input_precision="ieee")
         _rows_store(u_ptr, cj, N, r, mr, ov, mv, DV, u)
 
     @triton.jit
@@ -1478,63 +1597,98 @@ def _kernels() -> dict:
         BH: tl.constexpr,
         BK: tl.constexpr,
         BV: tl.constexpr,
+        VLOOP: tl.constexpr,
         HALO: tl.constexpr,
         MOMENTUM: tl.constexpr,
         L2: tl.constexpr,
         LOWP: tl.constexpr,
     ):
         # parallel: the dO terms of the reverse recurrence that need no dM:
-        # W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (the dO part of dE)
+        # W = Q^T diag(A) dO, W_S = Q^T diag(Bm) dO, U = -P^T dO (the dO part of dE); one
+        # program per (chunk, Dv column block), or (VLOOP) one per chunk looping over the Dv
+        # blocks with P^T computed once
         cj = tl.program_id(0).to(tl.int64)
-        i_v = tl.program_id(1).to(tl.int64)
         cd = a_ptr.dtype.element_ty
         dd = q_ptr.dtype.element_ty if LOWP else cd
         ol = tl.arange(0, BL)
         ml = ol < L
         tq = (cj % NT).to(tl.int32) * L + ol
-        ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
-        cs_off = cj * DK * DV + kv_off
-        qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
-        do = _tok_load(do_ptr, do_ptr, cj, NT, T, H, 0, tq, ml, ov, mv, DV, False).to(cd)
-        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-        w = tl.dot(tl.trans(qq), (aa[:, None] * do).to(dd), input_precision="ieee")
-        tl.store(w_ptr + cs_off, w.to(w_ptr.dtype.element_ty), mask=mkv)
-        if MOMENTUM:
-            bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            ws = tl.dot(tl.trans(qq), (bm[:, None] * do).to(dd), input_precision="ieee")
-            tl.store(ws_ptr + cs_off, ws.to(ws_ptr.dtype.element_ty), mask=mkv)
-        _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, N - L, L, ol,
-                ml, ok, mk, ov, mv, BL, False)
-        if HALO:
-            _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, 0, N - L,
-                    ol, ml, ok, mk, ov, mv, BH, True)
+        if VLOOP:
+            ok = tl.arange(0, BK)
+            mk = ok < DK
+            qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
+            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            bm = aa
+            if MOMENTUM:
+                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            pt = _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, N - L, L, ol, ml, ok,
+                       mk, cd, BL, False)
+            ph = pt
+            if HALO:
+                ph = _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, 0, N - L, ol, ml,
+                           ok, mk, cd, BH, True)
+            for i_b in range(tl.cdiv(DV, BV)):
+                ok, mk, ov, mv, mkv, kv_off = _kv_block(i_b, DK, DV, BK, BV)
+                cs_off = cj * DK * DV + kv_off
+                do = _tok_load(do_ptr, do_ptr, cj, NT, T, H, 0, tq, ml, ov, mv, DV,
+                               False).to(cd)
+                w = tl.dot(tl.trans(qq), (aa[:, None] * do).to(dd), input_precision="ieee")
+                tl.store(w_ptr + cs_off, w.to(w_ptr.dtype.element_ty), mask=mkv)
+                if MOMENTUM:
+                    ws = tl.dot(tl.trans(qq), (bm[:, None] * do).to(dd),
+                                input_precision="ieee")
+                    tl.store(ws_ptr + cs_off, ws.to(ws_ptr.dtype.element_ty), mask=mkv)
+                _u_store(pt, do, u_ptr, cj, NT, L, N, DV, N - L, L, ov, mv, BL)
+                if HALO:
+                    _u_store(ph, do, u_ptr, cj, NT, L, N, DV, 0, N - L, ov, mv, BH)
+        else:
+            i_v = tl.program_id(1).to(tl.int64)
+            ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
+            cs_off = cj * DK * DV + kv_off
+            qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
+            do = _tok_load(do_ptr, do_ptr, cj, NT, T, H, 0, tq, ml, ov, mv, DV, False).to(cd)
+            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            w = tl.dot(tl.trans(qq), (aa[:, None] * do).to(dd), input_precision="ieee")
+            tl.store(w_ptr + cs_off, w.to(w_ptr.dtype.element_ty), mask=mkv)
+            if MOMENTUM:
+                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+                ws = tl.dot(tl.trans(qq), (bm[:, None] * do).to(dd), input_precision="ieee")
+                tl.store(ws_ptr + cs_off, ws.to(ws_ptr.dtype.element_ty), mask=mkv)
+            _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, N - L, L,
+                    ol, ml, ok, mk, ov, mv, BL, False)
+            if HALO:
+                _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, 0,
+                        N - L, ol, ml, ok, mk, ov, mv, BH, True)
 
     @triton.jit
     def _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR,
                  dm, ds, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr,
                  MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
-        # one tile's rows, tokens, keys and dE_r = U_r - c_end ∘ K_r dM_end
-        # [- cS_end ∘ K_r dS_end]
+        # one tile's rows, tokens, keys, dE_r = U_r - c_end ∘ K_r dM_end
+        # [- cS_end ∘ K_r dS_end] and K_r dM_end (K_r dS_end)
         cd = dm.dtype
         dd = k_ptr.dtype.element_ty if LOWP else cd
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
         ce = tl.load(ce_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
         de = _rows_load(u_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
-        de -= ce[:, None] * tl.dot(kk, dm.to(dd), input_precision="ieee")
+        kdm = tl.dot(kk, dm.to(dd), input_precision="ieee")
+        de -= ce[:, None] * kdm
+        kds = kdm
         if MOMENTUM:
             cse = tl.load(cse_ptr + cj * N + r, mask=mr, other=0.0).to(cd)
-            de -= cse[:, None] * tl.dot(kk, ds.to(dd), input_precision="ieee")
-        return r, mr, t, kk, de
+            kds = tl.dot(kk, ds.to(dd), input_precision="ieee")
+            de -= cse[:, None] * kds
+        return r, mr, t, kk, de, kdm, kds
 
     @triton.jit
     def _dh_part(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR,
                  dm, ds, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr,
                  MOMENTUM: tl.constexpr, LOWP: tl.constexpr):
         # one tile's K_r^T dE_r
-        r, mr, t, kk, de = _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N,
-                                    DK, DV, R0, NR, dm, ds, ok, mk, ov, mv, BR, HT, MOMENTUM,
-                                    LOWP)
+        r, mr, t, kk, de, kdm, kds = _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T,
+                                              H, L, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
+                                              BR, HT, MOMENTUM, LOWP)
         return tl.dot(tl.trans(kk), de.to(kk.dtype), input_precision="ieee")
 
     @triton.jit
@@ -1615,23 +1769,28 @@ def _kernels() -> dict:
 
     @triton.jit
     def _dv_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, hdv_ptr,
-                 cj, NT, T, H, L, N, DK, DV, R0, NR, ms, dm, ds, ok, mk, ov, mv,
-                 BR: tl.constexpr, HT: tl.constexpr, MOMENTUM: tl.constexpr,
+                 dce_ptr, dcse_ptr, cj, pv, NT, T, H, L, N, DK, DV, R0, NR, ms, dm, ds, ok, mk,
+                 ov, mv, BR: tl.constexpr, HT: tl.constexpr, MOMENTUM: tl.constexpr,
                  L2: tl.constexpr, LOWP: tl.constexpr):
-        # one tile's dV_r = -dE_r (own rows: dV itself; halo rows: the halo buffer) and
-        # (l2) E_r = K_r M_s - V_r
-        r, mr, t, kk, de = _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T, H, L, N,
-                                    DK, DV, R0, NR, dm, ds, ok, mk, ov, mv, BR, HT, MOMENTUM,
-                                    LOWP)
+        # one tile's dV_r = -dE_r (own rows: dV itself; halo rows: the halo buffer), (l2)
+        # E_r = K_r M_s - V_r, and this Dv block's share of dc_end_r = -<E_r, K_r dM_end>
+        # (dcS_end_r = -<E_r, K_r dS_end>), partial row pv
+        r, mr, t, kk, de, kdm, kds = _de_tile(k_ptr, hk_ptr, ce_ptr, cse_ptr, u_ptr, cj, NT, T,
+                                              H, L, N, DK, DV, R0, NR, dm, ds, ok, mk, ov, mv,
+                                              BR, HT, MOMENTUM, LOWP)
         if HT:
             _rows_store(hdv_ptr, cj, N - L, r, mr, ov, mv, DV, -de)
         else:
             _tok_store(dv_ptr, cj, NT, T, H, t, mr, ov, mv, DV, -de)
+        vv = _tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV, HT).to(dm.dtype)
         if L2:
-            vv = _tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV,
-                           HT).to(dm.dtype)
             e = tl.dot(kk, ms.to(kk.dtype), input_precision="ieee") - vv
             _rows_store(e_ptr, cj, N, r, mr, ov, mv, DV, e)
+        else:
+            e = -vv
+        tl.store(dce_ptr + pv * N + r, -tl.sum(e * kdm, axis=1), mask=mr)
+        if MOMENTUM:
+            tl.store(dcse_ptr + pv * N + r, -tl.sum(e * kds, axis=1), mask=mr)
 
     @triton.jit
     def _omega_bwd_dv(
@@ -1648,6 +1807,9 @@ def _kernels() -> dict:
         e_ptr,
         dv_ptr,
         hdv_ptr,
+        dce_ptr,
+        dcse_ptr,
+        NC,
         NT,
         T,
         H,
@@ -1665,10 +1827,12 @@ def _kernels() -> dict:
         LOWP: tl.constexpr,
     ):
         # parallel: one program per (chunk, Dv column block):
-        # dE = U - c_end ∘ K_I dM_end [- cS_end ∘ K_I dS_end] -> dV_I = -dE, and (l2)
-        # E = K_I M_s - V_I for _omega_bwd_dqk
+        # dE = U - c_end ∘ K_I dM_end [- cS_end ∘ K_I dS_end] -> dV_I = -dE, (l2)
+        # E = K_I M_s - V_I for _omega_bwd_dqk, and the Dv block's partials of
+        # dc_end = -<E, K_I dM_end> (dcS_end) per window row (summed in torch)
         cj = tl.program_id(0).to(tl.int64)
         i_v = tl.program_id(1).to(tl.int64)
+        pv = i_v * NC + cj  # row in the per-Dv-block partials
         cd = ce_ptr.dtype.element_ty
         ok, mk, ov, mv, mkv, kv_off = _kv_block(i_v, DK, DV, BK, BV)
         cs_off = cj * DK * DV + kv_off
@@ -1677,18 +1841,19 @@ def _kernels() -> dict:
         if L2:
             ms = tl.load(ms_ptr + cs_off, mask=mkv, other=0.0).to(cd)
         _dv_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr, hdv_ptr,
-                 cj, NT, T, H, L, N, DK, DV, N - L, L, ms, dm, ds, ok, mk, ov, mv, BL, False,
-                 MOMENTUM, L2, LOWP)
+                 dce_ptr, dcse_ptr, cj, pv, NT, T, H, L, N, DK, DV, N - L, L, ms, dm, ds, ok,
+                 mk, ov, mv, BL, False, MOMENTUM, L2, LOWP)
         if HALO:
             _dv_part(k_ptr, v_ptr, hk_ptr, hv_ptr, ce_ptr, cse_ptr, u_ptr, e_ptr, dv_ptr,
-                     hdv_ptr, cj, NT, T, H, L, N, DK, DV, 0, N - L, ms, dm, ds, ok, mk, ov, mv,
-                     BH, True, MOMENTUM, L2, LOWP)
+                     hdv_ptr, dce_ptr, dcse_ptr, cj, pv, NT, T, H, L, N, DK, DV, 0, N - L, ms,
+                     dm, ds, ok, mk, ov, mv, BH, True, MOMENTUM, L2, LOWP)
 
     @triton.jit
     def _dqk_loop(v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, R0, NR, kk,
-                  ce, cse, do, ms, dm, ds, ov, mv, dp, dk, dce, dcse, BR: tl.constexpr,
+                  ce, cse, do, ms, dm, ds, ov, mv, dp, dk, BR: tl.constexpr,
                   HT: tl.constexpr, MOMENTUM: tl.constexpr, L2: tl.constexpr):
-        # one tile's share of one Dv block: dP_r, dK_r, dc_end_r, dcS_end_r accumulators
+        # one tile's share of one Dv block: dP_r, dK_r accumulators (dc_end, dcS_end come
+        # from _omega_bwd_dv, which has K_r dM_end already)
         cd = dm.dtype
         dd = kk.dtype
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
@@ -1697,8 +1862,6 @@ def _kernels() -> dict:
         else:
             e = -_tok_load(v_ptr, hv_ptr, cj, NT, T, H, N - L, t, mr, ov, mv, DV, HT).to(cd)
         dp -= tl.dot(do, tl.trans(e).to(dd), input_precision="ieee")
-        kdm = tl.dot(kk, dm.to(dd), input_precision="ieee")
-        dce -= tl.sum(e * kdm, axis=1)
         dk -= tl.dot((ce[:, None] * e).to(dd), tl.trans(dm).to(dd), input_precision="ieee")
         if L2:  # dE = -dV_r (this chunk's share: own rows in dV, halo rows in the buffer)
             if HT:
@@ -1708,18 +1871,14 @@ def _kernels() -> dict:
                                 False).to(cd)
             dk += tl.dot(de.to(dd), tl.trans(ms).to(dd), input_precision="ieee")
         if MOMENTUM:
-            kds = tl.dot(kk, ds.to(dd), input_precision="ieee")
-            dcse -= tl.sum(e * kds, axis=1)
             dk -= tl.dot((cse[:, None] * e).to(dd), tl.trans(ds).to(dd), input_precision="ieee")
-        return dp, dk, dce, dcse
+        return dp, dk
 
     @triton.jit
-    def _dqk_end(qq, kk, dp, dk, dce, dcse, c_ptr, dk_ptr, hdk_ptr, dc_ptr, dce_ptr, dcse_ptr,
-                 cj, pj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk, BR: tl.constexpr,
-                 HT: tl.constexpr, MOMENTUM: tl.constexpr):
+    def _dqk_end(qq, kk, dp, dk, c_ptr, dk_ptr, hdk_ptr, dc_ptr, cj, pj, NT, T, H, L, N, DK,
+                 R0, NR, ol, ml, ok, mk, BR: tl.constexpr, HT: tl.constexpr):
         # one tile after the Dv loop: stores dK_r (own rows: dK itself; halo rows: the halo
-        # buffer), dC[:, r] (Dk-block partial), dc_end_r, dcS_end_r; returns its dQK_r K_r
-        # share of dQ
+        # buffer) and dC[:, r] (Dk-block partial); returns its dQK_r K_r share of dQ
         cd = dp.dtype
         dd = qq.dtype
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
@@ -1732,9 +1891,6 @@ def _kernels() -> dict:
             _tok_store(dk_ptr, cj, NT, T, H, t, mr, ok, mk, DK, dk)
         qk = tl.dot(qq, tl.trans(kk), input_precision="ieee")
         _rows_store(dc_ptr, pj, L, ol, ml, r, mr, N, dp * qk)
-        tl.store(dce_ptr + pj * N + r, dce, mask=mr)
-        if MOMENTUM:
-            tl.store(dcse_ptr + pj * N + r, dcse, mask=mr)
         return tl.dot(dqk.to(dd), kk, input_precision="ieee")
 
     @triton.jit
@@ -1766,8 +1922,6 @@ def _kernels() -> dict:
         dae_ptr,
         dbe_ptr,
         dte_ptr,
-        dce_ptr,
-        dcse_ptr,
         NC,
         NT,
         T,
@@ -1808,8 +1962,6 @@ def _kernels() -> dict:
             cse_o = tl.load(cse_ptr + cj * N + r_o, mask=mr_o, other=0.0).to(cd)
         dp_o = tl.zeros([BL, BL], dtype=cd)
         dk_o = tl.zeros([BL, BK], dtype=cd)
-        dce_o = tl.zeros([BL], dtype=cd)
-        dcse_o = tl.zeros([BL], dtype=cd)
         if HALO:
             r_h, mr_h, t_h = _tok_rows(cj, NT, L, N, 0, N - L, BH)
             kk_h = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t_h, mr_h, ok, mk, DK,
@@ -1820,8 +1972,6 @@ def _kernels() -> dict:
                 cse_h = tl.load(cse_ptr + cj * N + r_h, mask=mr_h, other=0.0).to(cd)
             dp_h = tl.zeros([BL, BH], dtype=cd)
             dk_h = tl.zeros([BH, BK], dtype=cd)
-            dce_h = tl.zeros([BH], dtype=cd)
-            dcse_h = tl.zeros([BH], dtype=cd)
         tq_acc = tl.zeros([BL, BK], dtype=cd)  # dO M_s^T
         ts = tl.zeros([BL, BK], dtype=cd)  # dO S_s^T
         dae = tl.zeros([BK], dtype=cd)
@@ -1844,25 +1994,22 @@ def _kernels() -> dict:
                 ts += tl.dot(do, tl.trans(ss).to(dd), input_precision="ieee")
                 dbe += tl.sum(dm * ss, axis=1)
                 dte += tl.sum(ds * ss, axis=1)
-            dp_o, dk_o, dce_o, dcse_o = _dqk_loop(
+            dp_o, dk_o = _dqk_loop(
                 v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, N - L, L, kk_o,
-                ce_o, cse_o, do, ms, dm, ds, ov, mv, dp_o, dk_o, dce_o, dcse_o, BL, False,
-                MOMENTUM, L2)
+                ce_o, cse_o, do, ms, dm, ds, ov, mv, dp_o, dk_o, BL, False, MOMENTUM, L2)
             if HALO:
-                dp_h, dk_h, dce_h, dcse_h = _dqk_loop(
+                dp_h, dk_h = _dqk_loop(
                     v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, 0, N - L,
-                    kk_h, ce_h, cse_h, do, ms, dm, ds, ov, mv, dp_h, dk_h, dce_h, dcse_h, BH,
-                    True, MOMENTUM, L2)
+                    kk_h, ce_h, cse_h, do, ms, dm, ds, ov, mv, dp_h, dk_h, BH, True, MOMENTUM,
+                    L2)
         qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
         dq = aa[:, None] * tq_acc
-        dq += _dqk_end(qq, kk_o, dp_o, dk_o, dce_o, dcse_o, c_ptr, dk_ptr, hdk_ptr, dc_ptr,
-                       dce_ptr, dcse_ptr, cj, pj, NT, T, H, L, N, DK, N - L, L, ol, ml, ok, mk,
-                       BL, False, MOMENTUM)
+        dq += _dqk_end(qq, kk_o, dp_o, dk_o, c_ptr, dk_ptr, hdk_ptr, dc_ptr, cj, pj, NT, T, H,
+                       L, N, DK, N - L, L, ol, ml, ok, mk, BL, False)
         if HALO:
-            dq += _dqk_end(qq, kk_h, dp_h, dk_h, dce_h, dcse_h, c_ptr, dk_ptr, hdk_ptr, dc_ptr,
-                           dce_ptr, dcse_ptr, cj, pj, NT, T, H, L, N, DK, 0, N - L, ol, ml, ok,
-                           mk, BH, True, MOMENTUM)
+            dq += _dqk_end(qq, kk_h, dp_h, dk_h, c_ptr, dk_ptr, hdk_ptr, dc_ptr, cj, pj, NT, T,
+                           H, L, N, DK, 0, N - L, ol, ml, ok, mk, BH, True)
         qf = qq.to(cd)
         if MOMENTUM:
             bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
@@ -2022,9 +2169,10 @@ def _kernels() -> dict:
     if mode == "compiled":
 
         @functools.cache
-        def tuned(name: str, cfgs: tuple[tuple[int, int], ...]):
-            cfg = [triton.Config({"BV": bv}, num_warps=w) for bv, w in cfgs]
-            return triton.autotune(configs=cfg, key=_KEYS[name])(fns[name])
+        def tuned(name: str, cfgs: tuple[tuple[int, int, bool], ...]):
+            cfg = [triton.Config(_meta(name, bv, loop), num_warps=w) for bv, w, loop in cfgs]
+            return triton.autotune(configs=cfg, key=_KEYS[name],
+                                   reset_to_zero=_RESET.get(name))(fns[name])
 
         kern["tuned"] = tuned
     return kern
