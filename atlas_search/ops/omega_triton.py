@@ -1230,6 +1230,7 @@ def _kernels() -> dict:
     global _u_part, _de_tile, _dh_part, _dv_part, _dqk_loop, _dqk_end, _lin
     global _coef_index, _coef_gamma, _coef_band, _coef_scan, _coef_x, _state_pair, _gate_pair
     global _tok_rows, _tok_ptrs, _tok_load, _tok_store, _out_p, _out_pe, _u_pt, _u_store
+    global _loop_head
     _triton, mode = _load_triton()
     import triton.language as _tl
 
@@ -1430,6 +1431,20 @@ def _kernels() -> dict:
         return tl.dot((cc * qk).to(dd), e.to(dd), input_precision="ieee")
 
     @triton.jit
+    def _loop_head(q_ptr, a_ptr, bm_ptr, cj, NT, T, H, L, DK, tq, ol, ml, cd: tl.constexpr,
+                   dd: tl.constexpr, BK: tl.constexpr, MOMENTUM: tl.constexpr):
+        # what a VLOOP program reads once for its chunk: the Dk indices and mask, Q (all of
+        # Dk, in the dot dtype), A and (momentum) Bm
+        ok = tl.arange(0, BK)
+        mk = ok < DK
+        qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
+        aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+        bm = aa
+        if MOMENTUM:
+            bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+        return ok, mk, qq, aa, bm
+
+    @triton.jit
     def _out_p(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk,
                BR: tl.constexpr, HT: tl.constexpr):
         # one tile's keys K_r and P_r = C_r ∘ Q K_r^T, in the dot dtype (VLOOP: computed
@@ -1492,13 +1507,8 @@ def _kernels() -> dict:
         ml = ol < L
         tq = (cj % NT).to(tl.int32) * L + ol  # the chunk's own tokens
         if VLOOP:
-            ok = tl.arange(0, BK)
-            mk = ok < DK
-            qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
-            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            bm = aa
-            if MOMENTUM:
-                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            ok, mk, qq, aa, bm = _loop_head(q_ptr, a_ptr, bm_ptr, cj, NT, T, H, L, DK, tq, ol,
+                                            ml, cd, dd, BK, MOMENTUM)
             p, kk = _out_p(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, N - L, L, ol, ml,
                            ok, mk, BL, False)
             ph, kh = p, kk
@@ -1614,13 +1624,8 @@ def _kernels() -> dict:
         ml = ol < L
         tq = (cj % NT).to(tl.int32) * L + ol
         if VLOOP:
-            ok = tl.arange(0, BK)
-            mk = ok < DK
-            qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
-            aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
-            bm = aa
-            if MOMENTUM:
-                bm = tl.load(bm_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
+            ok, mk, qq, aa, bm = _loop_head(q_ptr, a_ptr, bm_ptr, cj, NT, T, H, L, DK, tq, ol,
+                                            ml, cd, dd, BK, MOMENTUM)
             pt = _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, N - L, L, ol, ml, ok,
                        mk, cd, BL, False)
             ph = pt
