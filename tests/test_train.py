@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
 
 import torch
 
 from atlas_search.spec import loads
-from atlas_search.train import train
+from atlas_search.train import CheckpointError, load_checkpoint, train
 from atlas_search.train.schedule import lr_factor
 
 TINY = """
@@ -86,12 +87,37 @@ def test_resume_from_checkpoint_reaches_the_same_numbers(tmp_path):
         train(_cfg(), threads=1, run_dir=part, report=crash)
     except Crash:
         pass
-    assert torch.load(part / "checkpoint.pt", weights_only=False)["step"] == 8
+    assert load_checkpoint(part / "checkpoint.pt")["step"] == 8  # weights_only loads it
     resumed = train(_cfg(), threads=1, run_dir=part, resume=True)
     assert resumed.metrics["loss"] == full.metrics["loss"]
     assert [h["loss"] for h in resumed.history] == [h["loss"] for h in full.history]
     lines = (part / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(x)["step"] for x in lines] == [4.0, 8.0, 12.0]
+
+
+class _Payload:
+    """Pickles as a call of ``os.makedirs``: what loading an untrusted pickle would run."""
+
+    def __init__(self, target: str):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.makedirs, (self.target,))
+
+
+def test_checkpoint_loading_runs_no_pickled_code(tmp_path):
+    """Checkpoints are read with ``weights_only=True``: a file whose pickle would call a
+    function is refused as a bad checkpoint, and the function never runs."""
+    marker = tmp_path / "ran"
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": {}, "step": 1, "extra": _Payload(str(marker))}, path)
+    try:
+        load_checkpoint(path)
+    except CheckpointError as exc:
+        assert "cannot read checkpoint" in str(exc) and "could run code" in str(exc)
+    else:
+        raise AssertionError("a checkpoint with pickled code was loaded")
+    assert not marker.exists()
 
 
 def test_threads_are_set_to_the_given_cpus():

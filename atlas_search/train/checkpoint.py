@@ -32,11 +32,15 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
     """Read a checkpoint written by :func:`save_checkpoint` (CheckpointError when the file
-    is unreadable, truncated or not such a checkpoint)."""
+    is unreadable, truncated or not such a checkpoint). Read with ``weights_only=True``:
+    tensors and plain data only, so a file from elsewhere cannot run code when loaded."""
     try:
-        state = torch.load(path, map_location=device, weights_only=False)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
         why = (str(exc).strip().splitlines() or ["corrupt file"])[0].split(". ")[0]
+        if why.startswith("Weights only load failed"):
+            why = ("it holds objects other than tensors and plain data, which are not "
+                   "loaded (loading them could run code)")
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {why}"
                               ) from None
     missing = [k for k in ("model", "step") if not isinstance(state, dict) or k not in state]
