@@ -353,3 +353,31 @@ def test_an_impossible_task_setting_fails_its_trial_without_a_traceback(cli, tmp
     for t in trials:
         reason = t.user_attrs["fail_reason"]
         assert reason.startswith("task: ") and "Traceback" not in reason, reason
+
+
+def test_cluster_addresses_ray_would_time_out_on_fail_at_once():
+    """``--address`` that is not HOST:PORT, a host that does not resolve, or a port where
+    nothing listens is a ClusterError in seconds (``ray.init`` retried for minutes); a
+    listening port passes, and a local Ray / ``auto`` are left to Ray."""
+    import socket as sk
+
+    from atlas_search.search.executors import ClusterError, check_address
+
+    t0 = time.monotonic()
+    for address, said in [("headnode", "expected HOST:PORT"),
+                          ("no-such-host.invalid:6379", "does not resolve")]:
+        with pytest.raises(ClusterError, match=said):
+            check_address(address)
+    with sk.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]  # bound, not listening: connections are refused
+        with pytest.raises(ClusterError, match="nothing accepts connections"):
+            check_address(f"127.0.0.1:{port}")
+    assert time.monotonic() - t0 < 30
+    with sk.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        check_address(f"127.0.0.1:{server.getsockname()[1]}")
+        check_address(f"ray://127.0.0.1:{server.getsockname()[1]}")
+    check_address(None)
+    check_address("auto")

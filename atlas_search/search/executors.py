@@ -6,6 +6,7 @@ exception)]``, ``cancel_all()`` and ``shutdown()``."""
 from __future__ import annotations
 
 import os
+import socket
 from typing import Any
 
 from .worker import TrialJob, run_trial
@@ -14,6 +15,37 @@ from .worker import TrialJob, run_trial
 class ClusterError(RuntimeError):
     """Ray could not start or join the cluster: the address and the first line of the
     cause."""
+
+
+def check_address(address: str | None, timeout: float = 5.0) -> None:
+    """Fail fast on a Ray ``address`` that ``ray.init`` could only time out on, after
+    minutes of retries: one that is not ``HOST:PORT``, a host that does not resolve, a port
+    where nothing accepts a connection within ``timeout`` seconds (ClusterError). ``None``
+    (a local Ray) and ``auto`` (the cluster this machine belongs to) are Ray's to find."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://", 1)[-1].rpartition(":")
+    host = host.strip("[]")  # an IPv6 literal
+    if not sep or not host or not port.isdigit():
+        raise ClusterError(f"Ray cluster {address!r}: expected HOST:PORT (the head node's "
+                           "address, e.g. 10.0.0.5:6379) or auto")
+    try:
+        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError) as exc:
+        raise ClusterError(f"Ray cluster {address!r}: host {host!r} does not resolve "
+                           f"({getattr(exc, 'strerror', None) or exc})") from None
+    last: OSError | None = None
+    for family, kind, proto, _, where in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(where)
+                return
+        except OSError as exc:
+            last = exc
+    why = (last.strerror or type(last).__name__) if last else "no address"
+    raise ClusterError(f"Ray cluster {address!r}: nothing accepts connections at "
+                       f"{host}:{port} ({why}); is the head node started (ray start --head)?")
 
 
 class InlineExecutor:
@@ -59,6 +91,7 @@ class RayExecutor:
                                           configure_logging=False)
             if address is None:
                 kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
+            check_address(address)
             try:
                 ray.init(address=address, **kwargs)
             except Exception as exc:  # noqa: BLE001  (no cluster there, bad address, ...)
