@@ -311,7 +311,7 @@ def test_run_pytest_outcomes_and_timeout(tmp_path, monkeypatch):
     assert gc.run_pytest(tmp_path / "nowhere", 5, None)["status"] == "skipped"
 
 
-def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch):
+def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch, capsys):
     """The check's steps with stand-ins for the CUDA parts: the kernel checks, the tests and
     the compiles at once, then the benchmark alone with the rest of the budget;
     gpu_check.json holds the first phase before the benchmark starts (a run cut off there
@@ -348,7 +348,8 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch):
         assert timeout >= 30
         return {"status": "passed", "message": "3 passed", "seconds": 0.0}
 
-    cfg_rows = [{"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 1, "ok": True}]
+    cfg_rows = [{"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 1, "ok": True},
+                {"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 2, "ok": None}]
 
     def config_checks(procs, timeout, shapes, deadline):
         calls.append("config_checks")
@@ -370,6 +371,7 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch):
     assert gc.run_gpu_check(gc.Options(out=tmp_path / "out")) == 0
     assert sorted(calls[:4]) == ["config_checks", "kernel_checks", "prewarm", "pytest"]
     assert calls[4:] == ["bench"] and os.environ["ATLAS_TRITON_AUTOTUNE"] == "1"
+    assert "config checks: 1/2 ok, 0 failed, 1 not run (time budget)" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
     assert report["ok"] is True and report["pytest"]["status"] == "passed"
     assert (tmp_path / "out" / "bench_table.txt").read_text().strip() == "table"

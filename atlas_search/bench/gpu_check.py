@@ -478,8 +478,10 @@ def run_gpu_check(opts: Options) -> int:
                                "ok": sum(r["ok"] is True for r in cc)}
     report["sanitizer"] = {"shape": SANITIZE_SHAPE, **san}
     if cc:
+        unrun = sum(r["ok"] is None for r in cc)
         _say(f"config checks: {report['config_checks']['ok']}/{len(cc)} ok, {len(bad_cfg)} "
-             "failed" + (" -> the benchmark runs the first configs only "
+             "failed" + (f", {unrun} not run (time budget)" if unrun else "")
+             + (" -> the benchmark runs the first configs only "
                          "(ATLAS_TRITON_AUTOTUNE=0)" if bad_cfg else ""), t0)
         for r in bad_cfg[:8]:
             print(f"    FAIL {r['shape']} {r['kernel']} #{r['index']} {r.get('config', '')}: "
