@@ -1549,27 +1549,12 @@ def _kernels() -> dict:
             _tok_store(o_ptr, cj, NT, T, H, tq, ml, ov, mv, DV, o)
 
     @triton.jit
-    def _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR, ol,
-                ml, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr):
-        # one tile's rows of U = -P^T dO, P = C ∘ Q K_r^T. P^T = C^T ∘ K_r Q^T is built
+    def _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk,
+              cd: tl.constexpr, BR: tl.constexpr, HT: tl.constexpr):
+        # one tile's P_r^T = C[:, r]^T ∘ K_r Q^T (P = C ∘ Q K_r^T) in the dot dtype. Built
         # directly (C read transposed), not as tl.trans of a dot result: on an H100 (Triton
         # 3.7.1) that transpose read past its shared memory at Dk = 128 with the 16-row halo
         # tile (compute-sanitizer: an invalid __shared__ read in this line, then a fault).
-        cd = do.dtype
-        dd = qq.dtype
-        r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
-        kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
-        ct = tl.load(c_ptr + (cj * L + ol[None, :]) * N + r[:, None],
-                     mask=mr[:, None] & ml[None, :], other=0.0).to(cd)  # C[:, r]^T
-        pt = ct * tl.dot(kk, tl.trans(qq), input_precision="ieee")
-        u = -tl.dot(pt.to(dd), do.to(dd), input_precision="ieee")
-        _rows_store(u_ptr, cj, N, r, mr, ov, mv, DV, u)
-
-    @triton.jit
-    def _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk,
-              cd: tl.constexpr, BR: tl.constexpr, HT: tl.constexpr):
-        # one tile's P_r^T = C[:, r]^T ∘ K_r Q^T in the dot dtype, built directly as in
-        # _u_part (VLOOP: once per chunk, then reused for every Dv block)
         dd = qq.dtype
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         kk = _tok_load(k_ptr, hk_ptr, cj, NT, T, H, N - L, t, mr, ok, mk, DK, HT).to(dd)
@@ -1583,6 +1568,14 @@ def _kernels() -> dict:
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         u = -tl.dot(pt, do.to(pt.dtype), input_precision="ieee")
         _rows_store(u_ptr, cj, N, r, mr, ov, mv, DV, u)
+
+    @triton.jit
+    def _u_part(qq, do, k_ptr, hk_ptr, c_ptr, u_ptr, cj, NT, T, H, L, N, DK, DV, R0, NR, ol,
+                ml, ok, mk, ov, mv, BR: tl.constexpr, HT: tl.constexpr):
+        # one tile's rows of U = -P^T dO for one Dv block (the per-block form)
+        pt = _u_pt(qq, k_ptr, hk_ptr, c_ptr, cj, NT, T, H, L, N, DK, R0, NR, ol, ml, ok, mk,
+                   do.dtype, BR, HT)
+        _u_store(pt, do, u_ptr, cj, NT, L, N, DV, R0, NR, ov, mv, BR)
 
     @triton.jit
     def _omega_bwd_local(
@@ -1854,13 +1847,13 @@ def _kernels() -> dict:
                      dm, ds, ok, mk, ov, mv, BH, True, MOMENTUM, L2, LOWP)
 
     @triton.jit
-    def _dqk_loop(v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, R0, NR, kk,
-                  ce, cse, do, ms, dm, ds, ov, mv, dp, dk, BR: tl.constexpr,
-                  HT: tl.constexpr, MOMENTUM: tl.constexpr, L2: tl.constexpr):
+    def _dqk_loop(v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, R0, NR, ce,
+                  cse, do, ms, dm, ds, ov, mv, dp, dk, BR: tl.constexpr, HT: tl.constexpr,
+                  MOMENTUM: tl.constexpr, L2: tl.constexpr):
         # one tile's share of one Dv block: dP_r, dK_r accumulators (dc_end, dcS_end come
         # from _omega_bwd_dv, which has K_r dM_end already)
         cd = dm.dtype
-        dd = kk.dtype
+        dd = do.dtype
         r, mr, t = _tok_rows(cj, NT, L, N, R0, NR, BR)
         if L2:
             e = _rows_load(e_ptr, cj, N, r, mr, ov, mv, DV).to(cd)
@@ -2000,12 +1993,12 @@ def _kernels() -> dict:
                 dbe += tl.sum(dm * ss, axis=1)
                 dte += tl.sum(ds * ss, axis=1)
             dp_o, dk_o = _dqk_loop(
-                v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, N - L, L, kk_o,
-                ce_o, cse_o, do, ms, dm, ds, ov, mv, dp_o, dk_o, BL, False, MOMENTUM, L2)
+                v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, N - L, L, ce_o,
+                cse_o, do, ms, dm, ds, ov, mv, dp_o, dk_o, BL, False, MOMENTUM, L2)
             if HALO:
                 dp_h, dk_h = _dqk_loop(
                     v_ptr, hv_ptr, e_ptr, dv_ptr, hdv_ptr, cj, NT, T, H, L, N, DV, 0, N - L,
-                    kk_h, ce_h, cse_h, do, ms, dm, ds, ov, mv, dp_h, dk_h, BH, True, MOMENTUM,
+                    ce_h, cse_h, do, ms, dm, ds, ov, mv, dp_h, dk_h, BH, True, MOMENTUM,
                     L2)
         qq = _tok_load(q_ptr, q_ptr, cj, NT, T, H, 0, tq, ml, ok, mk, DK, False).to(dd)
         aa = tl.load(a_ptr + cj * L + ol, mask=ml, other=0.0).to(cd)
