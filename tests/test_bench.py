@@ -315,8 +315,10 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch, capsys):
     """The check's steps with stand-ins for the CUDA parts: the kernel checks, the tests and
     the compiles at once, then the benchmark alone with the rest of the budget;
     gpu_check.json holds the first phase before the benchmark starts (a run cut off there
-    keeps it); a failing step gives exit 1."""
+    keeps it); a failing step gives exit 1; a config that fails its config check is left
+    out of the benchmark's autotuning, the others still run."""
     from atlas_search.bench import prewarm
+    from atlas_search.ops import omega_triton as ot
 
     calls: list[str] = []
     monkeypatch.setattr(gc, "require_cuda", lambda: None)
@@ -348,8 +350,10 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch, capsys):
         assert timeout >= 30
         return {"status": "passed", "message": "3 passed", "seconds": 0.0}
 
-    cfg_rows = [{"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 1, "ok": True},
-                {"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 2, "ok": None}]
+    cfg_rows = [{"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 1, "ok": True,
+                 "config": [16, 8, False, 0]},
+                {"shape": [1, 2, 3, 64, 1], "kernel": "out", "index": 2, "ok": None,
+                 "config": [16, 8, True, 0]}]
 
     def config_checks(procs, timeout, shapes, deadline):
         calls.append("config_checks")
@@ -362,6 +366,7 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(config_check, "sanitize", lambda shape, timeout: {
         "status": "clean", "lines": []})
     monkeypatch.setenv("ATLAS_TRITON_AUTOTUNE", "1")
+    monkeypatch.setenv(ot.SKIP_ENV, "")  # restored after the test
     monkeypatch.setattr(gc, "run_kernel_checks_subprocess", kernel_checks)
     monkeypatch.setattr(prewarm, "prewarm", compile_jobs)
     monkeypatch.setattr(gc, "run_bench_isolated", bench)
@@ -376,10 +381,14 @@ def test_gpu_check_order_files_and_exit_codes(tmp_path, monkeypatch, capsys):
     assert report["ok"] is True and report["pytest"]["status"] == "passed"
     assert (tmp_path / "out" / "bench_table.txt").read_text().strip() == "table"
     verdict["ok"] = False
-    cfg_rows[0]["ok"] = False  # a config that fails its check: the bench runs first configs
+    assert os.environ[ot.SKIP_ENV] == ""
+    cfg_rows[0]["ok"] = False  # a config that fails its check: the bench leaves it out
     assert gc.run_gpu_check(gc.Options(out=tmp_path / "out")) == 1
-    assert os.environ["ATLAS_TRITON_AUTOTUNE"] == "0"
+    assert os.environ["ATLAS_TRITON_AUTOTUNE"] == "1"
+    assert os.environ[ot.SKIP_ENV] == "out:16:8:0:0"
+    assert "the benchmark leaves 1 out" in capsys.readouterr().out
     report = json.loads((tmp_path / "out" / "gpu_check.json").read_text())
+    assert report["config_checks"]["skipped_configs"] == ["out:16:8:0:0"]
     assert report["ok"] is False and any("acceptance" in f for f in report["failures"])
 
 
@@ -427,6 +436,26 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
         assert 0 <= row["shared"] <= SMEM_LIMIT[90], row  # bwd_dh for dot: no tl.dot
         assert row["spill_stores"] is not None and row["stack"] is not None, row
     assert f"{len(rows)} compiles" in r.stdout
+
+
+def test_aot_check_specializes_as_a_launch_does():
+    """A launch compiles for its argument values: pointers and integers divisible by 16
+    carry ``tt.divisibility = 16``, integers equal to 1 become constants. The benchmark's
+    c = 16 has ``N = 79`` window rows (no hint); ``DMI = 0`` is divisible by 16."""
+    from atlas_search.bench.aot_check import Variant, launch_ints, specialize
+
+    var = Variant("bfloat16", False, True, 128, 64, 16)
+    ints = launch_ints(var)
+    assert ints == {"NT": 64, "T": 4096, "H": 16, "L": 64, "N": 79, "DK": 128, "DV": 128,
+                    "DMI": 0, "NC": 8 * 16 * 64}
+    names = ["k_ptr", "NT", "N", "DK", "DMI", "BV"]
+    sig = {"k_ptr": "*bf16", "NT": "i32", "N": "i32", "DK": "i32", "DMI": "i32",
+           "BV": "constexpr"}
+    ones, attrs = specialize(names, sig, ints)
+    assert ones == {} and sorted(attrs) == [(0,), (1,), (3,), (4,)]
+    assert all(v == [["tt.divisibility", 16]] for v in attrs.values())
+    ones, attrs = specialize(names, sig, dict(ints, NT=1, N=64))
+    assert ones == {"NT": 1} and sorted(attrs) == [(0,), (2,), (3,), (4,)]
 
 
 def test_aot_check_refuses_an_interpreter_process():
@@ -549,7 +578,28 @@ def test_config_check_needs_cuda_and_skips_refused_shapes():
     assert shapes and all(omega_triton.gpu_hazard(s[3], s[3], s[4], (9, 0), "3.9.0") is None
                           for s in shapes)
     assert {(1, 512, 2, 128, 16), (8, 4096, 16, 128, 16), (8, 4096, 16, 128, 1)} <= shapes
-    assert all(k in config_check.KERNELS and i >= 1 for _, k, i in config_check.jobs())
+    jobs = config_check.jobs()
+    assert all(k in config_check.KERNELS and ix == list(range(1, len(omega_triton.configs(
+        k, s[3], s[3])))) for s, k, ix in jobs)
+    assert len({(tuple(s), k) for s, k, _ in jobs}) == len(jobs)  # one child each
+
+
+def test_config_check_child_death_fails_its_unfinished_configs(monkeypatch):
+    """A child that prints its first config's row and then dies (a kernel fault): that
+    config keeps its row, the rest fail with the exit; past the deadline nothing runs."""
+    from atlas_search.bench import config_check
+
+    shape = [8, 4096, 16, 128, 1]
+    out = ('@@{"index": 1, "ran_triton": true, "errors": {"o": 0.001}, "ok": true}\n'
+           "an illegal memory access was encountered\n")
+    monkeypatch.setattr(config_check, "run_child", lambda cmd, timeout: (1, out))
+    rows = config_check._launch((shape, "states", [1, 2, 3]), 60.0)
+    assert [r["index"] for r in rows] == [1, 2, 3]
+    assert rows[0]["ok"] is True and "error" not in rows[0]
+    assert all(r["ok"] is False and "illegal memory" in r["error"] for r in rows[1:])
+    assert all(len(r["config"]) == 4 for r in rows)
+    late = config_check._launch((shape, "states", [1, 2]), 60.0, deadline=0.0)
+    assert all(r["ok"] is None for r in late)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="counts the CPU op graph (interpreter)")

@@ -138,10 +138,10 @@ def test_output_kernel_loop_form(device, opt, obj, c, monkeypatch):
         first = omega_triton.configs
 
         def loop_first(name, dk, dv):
-            return tuple(sorted(first(name, dk, dv), key=lambda cfg: not cfg[2]))
+            return tuple(sorted(first(name, dk, dv), key=lambda cfg: not cfg.loop))
 
         monkeypatch.setattr(omega_triton, "configs", loop_first)
-        assert omega_triton.configs("out", 20, 20)[0][2]
+        assert omega_triton.configs("out", 20, 20)[0].loop
     shape = (2, 11, 2, 20, 20)
     for dtype in dtypes_for(device):
         rnd = dtype if dtype == BF16 else None
@@ -498,16 +498,105 @@ def test_gpu_hazard_names_the_measured_cuda_faults(monkeypatch):
     assert hz(128, 128, 16, (9, 0), "3.6.0") is None
 
 
-def test_autotune_configs_are_eight_warps_and_distinct():
-    """No 4-warp configs (one returned wrong outputs on an H100 with Triton 3.6.0); each
-    kernel's list has no duplicates after capping BV at the head dim."""
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("opt,c", [("gd", 1), ("momentum", 3)])
+def test_dqk_dk_block_wider_than_the_partials(device, opt, c, monkeypatch):
+    """``_omega_bwd_dqk`` with one Dk block covering Dk = 20 (``bk = 32``, the D = 128
+    ``bk = 128`` config in small) while its Dk-block partials are sized for the narrowest
+    block (two rows, NaN-filled): only the rows the launch wrote are summed, and every
+    gradient matches the reference."""
+    if device == "cuda":
+        first = omega_triton.configs
+
+        def wide_first(name, dk, dv):
+            cfgs = first(name, dk, dv)
+            return ((cfgs[0]._replace(bk=32),) + cfgs) if name == "bwd_dqk" else cfgs
+
+        monkeypatch.setattr(omega_triton, "configs", wide_first)
+        monkeypatch.setattr(omega_triton, "_dqk_bk", lambda dk, interpret=False: 16)
+    else:
+        real = omega_triton._interpret_cfg
+
+        def wide(name):
+            cfg = real(name)
+            return cfg._replace(bk=32) if name == "bwd_dqk" else cfg
+
+        monkeypatch.setattr(omega_triton, "_interpret_cfg", wide)
+    shape = (2, 11, 2, 20, 20)
+    for dtype in dtypes_for(device):
+        rnd = dtype if dtype == BF16 else None
+        ref = reference(opt, "l2", c, 4, shape=shape, round_to=rnd)
+        got = triton_run(device, dtype, opt, "l2", c, 4, shape=shape, round_to=rnd)
+        check(ref, got, dtype, (opt, c))
+
+
+def test_autotune_picks_reports_each_winning_config(monkeypatch):
+    """``autotune_picks`` names, per kernel and autotune key, the config that won (as a
+    skip entry) and how many it chose from; the benchmark's text report lists them."""
+    from types import SimpleNamespace
+
+    from atlas_search.bench import kernels_speed as ks
+
+    cfgs = omega_triton.configs("bwd_dqk", 128, 128)
+    won = SimpleNamespace(kwargs={"BV": 16, "BK": 128}, num_warps=8)
+    tuner = SimpleNamespace(cache={(64, 64, 128, 128, "torch.bfloat16"): won})
+    monkeypatch.setattr(omega_triton, "_TUNERS", {("bwd_dqk", cfgs): tuner})
+    picks = omega_triton.autotune_picks()
+    assert picks == [{"kernel": "bwd_dqk", "key": {"L": 64, "N": 64, "DK": 128, "DV": 128},
+                      "config": "bwd_dqk:16:8:0:128", "of": len(cfgs)}]
+    assert omega_triton.Cfg(16, 8, False, 128) in cfgs
+    lines = ks.tail_lines({"autotune": picks, "skipped": [], "footnotes": [],
+                           "elapsed_s": 1.0})
+    assert any("bwd_dqk" in ln and "64/64/128/128: bwd_dqk:16:8:0:128 of" in ln
+               for ln in lines)
+
+
+def test_autotune_configs_distinct_and_four_warps_only_where_allowed():
+    """4 warps only for the sequential kernels (the output kernel at 4 warps returned
+    wrong outputs on an H100 with Triton 3.6.0); no duplicates after capping BV at the head
+    dim; the fixed config is the per-block form; ``bwd_dqk``'s Dk block divides into its
+    partials (at most 64 in the first config, 128 only at Dk = 128)."""
     for name in ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk"):
         for d in (16, 64, 128):
             cfgs = omega_triton.configs(name, d, d)
             assert cfgs and len(set(cfgs)) == len(cfgs)
-            assert all(w == 8 and bv <= max(16, d) for bv, w, _ in cfgs)
-            assert not cfgs[0][2]  # the fixed config is the per-block form
-            assert name in omega_triton.LOOP_KERNELS or not any(loop for *_, loop in cfgs)
+            assert all(c.warps in ((4, 8) if name in ("states", "bwd_dh") else (8,))
+                       and c.bv <= max(16, d) for c in cfgs)
+            assert cfgs[0].warps == 8 and not cfgs[0].loop
+            assert name in omega_triton.LOOP_KERNELS or not any(c.loop for c in cfgs)
+            bks = [c.bk for c in cfgs]
+            if name == "bwd_dqk":
+                assert bks[0] == min(64, max(16, d)) == omega_triton._dqk_bk(d)
+                assert set(bks) == ({64, 128} if d == 128 else {bks[0]})
+            else:
+                assert set(bks) == {0}
+
+
+def test_skip_env_leaves_configs_out(monkeypatch):
+    """``ATLAS_TRITON_SKIP_CONFIGS`` (what the GPU check sets for configs that failed its
+    config checks) removes exactly the named configs; a kernel whose every config is named
+    keeps its first; malformed entries are ignored."""
+    full = omega_triton.configs("states", 128, 128)
+    full_dv = omega_triton.configs("bwd_dv", 64, 64)
+    assert len(full) >= 4 and len(full_dv) >= 2
+    entries = [omega_triton.skip_entry("states", c) for c in full[1:3]]
+    monkeypatch.setenv(omega_triton.SKIP_ENV, ",".join(entries + ["junk", "out:x:8:0:0"]))
+    omega_triton._skipped.cache_clear()
+    omega_triton.configs.cache_clear()
+    try:
+        assert omega_triton.configs("states", 128, 128) == full[:1] + full[3:]
+        assert omega_triton.configs("out", 128, 128) == omega_triton.configs.__wrapped__(
+            "out", 128, 128)
+        every = [omega_triton.skip_entry("bwd_dv", c) for c in full_dv]
+        monkeypatch.setenv(omega_triton.SKIP_ENV, ",".join(every))
+        omega_triton._skipped.cache_clear()
+        omega_triton.configs.cache_clear()
+        assert omega_triton.configs("bwd_dv", 64, 64) == full_dv[:1]
+    finally:
+        monkeypatch.delenv(omega_triton.SKIP_ENV)
+        omega_triton._skipped.cache_clear()
+        omega_triton.configs.cache_clear()
+    assert omega_triton.configs("states", 128, 128) == full
 
 
 @pytest.mark.parametrize("device", DEVICES)

@@ -13,6 +13,15 @@ tests cannot see compile-only errors such as a ``tl.dot`` block under 16, a dtyp
 or too much shared memory), and which configs spill. Speed needs a GPU
 (:mod:`.kernels_speed`).
 
+Specialization: a launch on a GPU compiles the kernel for its argument values as Triton's
+JIT sees them: every tensor pointer (16-byte aligned) and every integer divisible by 16
+carries ``tt.divisibility = 16``, and an integer equal to 1 becomes the constant 1. These
+hints decide whether loads vectorize and whether the software pipeliner stages them, so
+they change registers and shared memory by a factor (the state scan at D = 128, BV = 16:
+about 230 registers without them, 80 with). Each variant therefore has the integer
+arguments of the benchmark's launch (:func:`launch_ints`: T = 4096, B*T = 32k tokens,
+H*D = 2048 by default) and compiles with the hints that launch gets.
+
 Variants: the benchmark's shapes by default (:func:`variants`): bf16 and fp32 inputs,
 gd and momentum, the l2 objective, head dims 64 and 128, chunk 64, windows 1 and 16
 (``N = b + c - 1`` window rows: 64 and 79). ``quick``: :data:`QUICK`, the first config
@@ -56,10 +65,41 @@ class Variant:
     head_dim: int  # Dk = Dv
     chunk: int  # b
     window: int  # c
+    seq: int = 4096  # T of the launch whose integer arguments are specialized
+    tokens: int = 32768  # B*T
+    width: int = 2048  # H*D
 
     @property
     def rows(self) -> int:
         return self.chunk + self.window - 1  # N
+
+
+def launch_ints(var: Variant) -> dict[str, int]:
+    """The integer kernel arguments of the launch at ``var`` (``DMI``: no cotangent of the
+    final states, as in the benchmark and in training)."""
+    heads = max(1, var.width // var.head_dim)
+    nt = -(-var.seq // var.chunk)
+    return {"NT": nt, "T": var.seq, "H": heads, "L": var.chunk, "N": var.rows,
+            "DK": var.head_dim, "DV": var.head_dim, "DMI": 0,
+            "NC": max(1, var.tokens // var.seq) * heads * nt}
+
+
+def specialize(arg_names: list[str], sig: dict[str, str], ints: dict[str, int]
+               ) -> tuple[dict[str, int], dict[tuple[int, ...], list]]:
+    """What Triton's JIT makes of a launch's arguments: the integers equal to 1 (constants)
+    and the ``tt.divisibility = 16`` attributes of the pointers and of the integers divisible
+    by 16."""
+    ones, attrs = {}, {}
+    for i, a in enumerate(arg_names):
+        if sig[a] == "constexpr":
+            continue
+        if a.endswith("_ptr"):
+            attrs[(i,)] = [["tt.divisibility", 16]]
+        elif ints[a] == 1:
+            ones[a] = 1
+        elif ints[a] % 16 == 0:
+            attrs[(i,)] = [["tt.divisibility", 16]]
+    return ones, attrs
 
 
 @dataclass
@@ -74,7 +114,8 @@ class Row:
     window: int
     bv: int
     num_warps: int
-    loop: bool = False  # the output kernel's VLOOP form
+    loop: bool = False  # VLOOP form (omega_triton.LOOP_KERNELS)
+    bk: int = 0  # bwd_dqk's Dk block
     registers: int | None = None
     spill_stores: int | None = None
     stack: int | None = None
@@ -131,15 +172,13 @@ def _parse_ptxas(log: str) -> dict[str, int]:
             "stack": grab(r"(\d+) bytes stack frame")}
 
 
-def _block(ot, name: str, head_dim: int) -> int:
-    """The Dk block a kernel is compiled for (``bwd_dqk``: its Dk block, else all of Dk)."""
-    return ot._dqk_bk(head_dim) if name == "bwd_dqk" else ot._np2(head_dim)
-
-
-def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int,
-                arch: int = 90, loop: bool = False) -> Row:
-    """Compile kernel ``name`` for ``sm_<arch>`` at ``var`` with config ``(BV, num_warps,
-    VLOOP)``."""
+def compile_one(kern: dict, ot, name: str, var: Variant, cfg, arch: int = 90,
+                memo: dict | None = None) -> Row:
+    """Compile kernel ``name`` for ``sm_<arch>`` at ``var`` with config ``cfg``
+    (:class:`omega_triton.Cfg`; for the coefficient kernels only its warps count).
+    ``memo``: the rows of earlier compiles by what the compiler sees (constants, hints,
+    warps): a variant that compiles to the same kernel (``bwd_dqk``'s Dk block at D = 64
+    and 128) reuses its row, as Triton's cache would skip ``ptxas``."""
     import triton
     from triton import knobs
     from triton.backends.compiler import GPUTarget
@@ -151,7 +190,7 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
     else:
         consts = {**ot._consts(var.chunk, var.rows, var.head_dim, var.momentum, var.l2,
                                var.dtype != "float32"),
-                  "BK": _block(ot, name, var.head_dim), **ot._meta(name, bv, loop)}
+                  "BK": ot._np2(var.head_dim), **ot._meta(name, cfg)}
     consts = {k: v for k, v in consts.items() if k in fn.arg_names}
     in_dtype = _IN_DTYPE_ARGS
     if name in COEF:  # the gates and their gradients (gamma's in fp32 when halo rows add in)
@@ -164,10 +203,20 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
             sig[a] = "*" + (_TL[var.dtype] if a in in_dtype else "fp32")
         else:
             sig[a] = "i32"
+    ones, attrs = specialize(fn.arg_names, sig, launch_ints(var))
+    consts.update(ones)
+    sig.update({a: "constexpr" for a in ones})
+    num_warps = cfg.warps
     row = Row(name, var.dtype, "momentum" if var.momentum else "gd", var.head_dim, var.chunk,
-              var.window, bv, num_warps, loop)
+              var.window, cfg.bv, num_warps, cfg.loop, cfg.bk)
+    key = (name, tuple(sorted(sig.items())), tuple(sorted(consts.items())),
+           tuple(sorted(attrs)), num_warps, arch)
+    if memo is not None and key in memo:
+        same = memo[key]
+        return replace(row, registers=same.registers, spill_stores=same.spill_stores,
+                       stack=same.stack, shared=same.shared, error=same.error)
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v
-                                         for k, v in consts.items()})
+                                         for k, v in consts.items()}, attrs=attrs)
     log = io.StringIO()
     t0 = time.perf_counter()
     knobs.nvidia.dump_ptxas_log = True
@@ -187,6 +236,8 @@ def compile_one(kern: dict, ot, name: str, var: Variant, bv: int, num_warps: int
     limit = SMEM_LIMIT.get(arch)
     if limit is not None and row.shared > limit:
         row.error = f"shared memory {row.shared} B > {limit} B (sm_{arch})"
+    if memo is not None:
+        memo[key] = row
     return row
 
 
@@ -198,7 +249,7 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
     from triton import knobs
 
     rows: list[Row] = []
-    done: dict[tuple, Row] = {}  # identical compiles (bwd_dqk's Dk block) are reported once
+    memo: dict = {}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as cache:
         old = knobs.cache.dir
@@ -208,16 +259,10 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
                 for name in KERNELS:
                     if name in COEF and var.momentum:
                         continue
-                    cfgs = ((0, ot.PLAIN_WARPS, False),) if name in COEF else ot.configs(
+                    cfgs = (ot.Cfg(0, ot.PLAIN_WARPS),) if name in COEF else ot.configs(
                         name, var.head_dim, var.head_dim)
-                    for bv, w, loop in cfgs if all_configs else cfgs[:1]:
-                        key = (name, replace(var, head_dim=_block(ot, name, var.head_dim)),
-                               bv, w, loop)
-                        if key in done:
-                            row = replace(done[key], head_dim=var.head_dim, seconds=0.0)
-                        else:
-                            row = done[key] = compile_one(kern, ot, name, var, bv, w, arch,
-                                                          loop)
+                    for cfg in cfgs if all_configs else cfgs[:1]:
+                        row = compile_one(kern, ot, name, var, cfg, arch, memo)
                         rows.append(row)
                         if progress:
                             progress(_line(row))
@@ -232,7 +277,7 @@ def run_aot_check(vars_: list[Variant], arch: int = 90, all_configs: bool = True
 def _line(row: Row) -> str:
     head = (f"{row.kernel:10s} {row.dtype:8s} {row.optimizer:8s} D={row.head_dim:<3d} "
             f"b={row.chunk} c={row.window:<2d} BV={row.bv:<2d} warps={row.num_warps}"
-            f"{' loop' if row.loop else ''}")
+            f"{' loop' if row.loop else ''}{f' BK={row.bk}' if row.bk else ''}")
     if row.error:
         return f"{head}  FAILED {row.error}"
     return (f"{head}  regs {row.registers}  spill {row.spill_stores} B  stack {row.stack} B"

@@ -1,13 +1,14 @@
-"""Every autotune config of every Triton kernel, each in its own process, against the first.
+"""Every autotune config of every Triton kernel against the first, in child processes.
 
 The kernel checks and the GPU tests run the first config of :func:`omega_triton.configs`
 (autotuning off); autotuning on CUDA launches the others. This check runs, for each shape
 and each ``(kernel, config)`` beyond the first, one fwd+bwd of ``omega_linear(backend=
 "triton")`` with that config for that kernel alone (the first config for the rest) and
 compares the output and every input gradient with the all-first-config run of the same
-process: relative RMS error at most ``TOL`` (bf16 accumulation order) and no NaN. Each job
-is a child process, so a kernel fault (an illegal address) is one failing row and not a
-lost CUDA context.
+process: relative RMS error at most ``TOL`` (bf16 accumulation order) and no NaN. Each
+(shape, kernel) is one child process that runs its configs in turn (one process start,
+CUDA context and baseline for all of them), so a kernel fault (an illegal address) loses
+that child only: its unfinished configs are failing rows.
 
 Shapes that :func:`omega_triton.gpu_hazard` refuses for every backend are left out (none
 at present).
@@ -50,8 +51,10 @@ def _fwd_bwd(b: int, t: int, h: int, d: int, c: int) -> list:
     return [o.detach().float().cpu()] + [y.grad.float().cpu() for y in x.leaves()[:5]]
 
 
-def run_job(shape: list, kernel: str, index: int) -> dict:
-    """Child body: the first-config run, then ``kernel`` at config ``index``."""
+def run_job(shape: list, kernel: str, indices: list[int]) -> None:
+    """Child body: the first-config run, then ``kernel`` at each config of ``indices`` in
+    turn, printing one ``@@`` JSON line per config as it completes (a fault that kills the
+    process leaves the rest without a line)."""
     from ..ops import omega_triton as ot
     from .kernel_check import rel_err
 
@@ -59,22 +62,28 @@ def run_job(shape: list, kernel: str, index: int) -> dict:
     before = ot.stats["forward"], ot.stats["backward"]
     base = _fwd_bwd(*shape)
     original = ot.configs
-
-    def configs(name: str, dk: int, dv: int):
-        cfgs = original(name, dk, dv)
-        return (cfgs[index],) if name == kernel else cfgs
-
-    ot.configs = configs
-    cfg = original(kernel, shape[3], shape[3])[index]
-    got = _fwd_bwd(*shape)
-    ran = (ot.stats["forward"] - before[0], ot.stats["backward"] - before[1]) == (2, 2)
     names = ["o", "d_q", "d_k", "d_v", "d_alpha", "d_eta"]
-    errs = {n: rel_err(a, g) for n, a, g in zip(names, base, got, strict=True)}
-    return {"config": list(cfg), "ran_triton": ran, "errors": errs,
-            "ok": ran and all(e == e and e <= TOL for e in errs.values())}
+    try:
+        for index in indices:
+            def configs(name: str, dk: int, dv: int, index=index):
+                cfgs = original(name, dk, dv)
+                return (cfgs[index],) if name == kernel else cfgs
+
+            ot.configs = configs
+            before = ot.stats["forward"], ot.stats["backward"]
+            got = _fwd_bwd(*shape)
+            ran = (ot.stats["forward"] - before[0], ot.stats["backward"] - before[1]) == (1, 1)
+            errs = {n: rel_err(a, g) for n, a, g in zip(names, base, got, strict=True)}
+            row = {"index": index, "ran_triton": ran, "errors": errs,
+                   "ok": ran and all(e == e and e <= TOL for e in errs.values())}
+            print("@@" + json.dumps(row), flush=True)
+    finally:
+        ot.configs = original
 
 
-def jobs(shapes=SHAPES) -> list[tuple[list, str, int]]:
+def jobs(shapes=SHAPES) -> list[tuple[list, str, list[int]]]:
+    """One job per shape and kernel with more than one config: ``(shape, kernel, the
+    indices of its configs beyond the first)``."""
     from ..ops import omega_triton as ot
 
     out = []
@@ -84,38 +93,54 @@ def jobs(shapes=SHAPES) -> list[tuple[list, str, int]]:
         if hz and hz[2]:
             continue  # refused on CUDA
         for k in KERNELS:
-            out += [(list(shape), k, i) for i in range(1, len(ot.configs(k, d, d)))]
+            n = len(ot.configs(k, d, d))
+            if n > 1:
+                out.append((list(shape), k, list(range(1, n))))
     return out
 
 
-def _launch(job: tuple[list, str, int], timeout: float, deadline: float | None = None
-            ) -> dict:
-    shape, kernel, index = job
+def _launch(job: tuple[list, str, list[int]], timeout: float, deadline: float | None = None
+            ) -> list[dict]:
+    """One row per config of the job (``ok`` None: not run before ``deadline``; a child
+    that dies fails the configs it had not finished)."""
+    from ..ops import omega_triton as ot
+
+    shape, kernel, indices = job
+    cfgs = ot.configs(kernel, shape[3], shape[3])
+    rows = {i: {"shape": shape, "kernel": kernel, "index": i, "config": list(cfgs[i])}
+            for i in indices}
     if deadline is not None and time.monotonic() > deadline - 5.0:
-        return {"shape": shape, "kernel": kernel, "index": index, "ok": None,
-                "error": "not run: time budget spent", "seconds": 0.0}
+        for row in rows.values():
+            row.update(ok=None, error="not run: time budget spent", seconds=0.0)
+        return list(rows.values())
     code = ("import json, sys; from atlas_search.bench.config_check import run_job; "
-            "print('@@' + json.dumps(run_job(*json.loads(sys.argv[1]))))")
+            "run_job(*json.loads(sys.argv[1]))")
     t0 = time.monotonic()
-    row = {"shape": shape, "kernel": kernel, "index": index}
     rc, output = run_child([sys.executable, "-c", code, json.dumps(list(job))], timeout)
-    res = [ln for ln in output.splitlines() if ln.startswith("@@")]
-    if rc == 0 and res:
-        row.update(json.loads(res[-1][2:]))
-    elif rc is None:
-        row.update(ok=False, error=f"timed out after {timeout:.0f}s")
+    for ln in output.splitlines():
+        if ln.startswith("@@"):
+            res = json.loads(ln[2:])
+            rows[res["index"]].update(res)
+    if rc is None:
+        why = f"timed out after {timeout:.0f}s"
     else:
-        tail = [ln for ln in output.splitlines() if ln.strip()][-2:]
-        row.update(ok=False, error=f"exit {rc}: " + " | ".join(tail)[-300:])
-    row["seconds"] = round(time.monotonic() - t0, 1)
-    return row
+        tail = [ln for ln in output.splitlines() if ln.strip() and not ln.startswith("@@")]
+        why = f"exit {rc}: " + " | ".join(tail[-2:])[-300:]
+    seconds = round(time.monotonic() - t0, 1)
+    for row in rows.values():
+        if "ok" not in row:
+            row.update(ok=False, error=why)
+        row["seconds"] = seconds
+    return list(rows.values())
 
 
-def run_config_checks(procs: int = 8, timeout: float = 120.0, shapes=SHAPES,
+def run_config_checks(procs: int = 8, timeout: float = 180.0, shapes=SHAPES,
                       deadline: float | None = None) -> list[dict]:
-    """One row per job (``ok`` None: not run before ``deadline``, a ``time.monotonic()``)."""
+    """One row per (shape, kernel, config) (``ok`` None: not run before ``deadline``, a
+    ``time.monotonic()``); each (shape, kernel) is one child process."""
     with ThreadPoolExecutor(max_workers=procs) as pool:
-        return list(pool.map(lambda j: _launch(j, timeout, deadline), jobs(shapes)))
+        done = pool.map(lambda j: _launch(j, timeout, deadline), jobs(shapes))
+        return [row for rows in done for row in rows]
 
 
 def sanitize(shape: tuple[int, int, int, int, int], timeout: float) -> dict:
@@ -146,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                                  description=__doc__.split("\n\n")[0])
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--procs", type=int, default=8)
-    ap.add_argument("--timeout", type=float, default=120.0)
+    ap.add_argument("--timeout", type=float, default=180.0, help="per child (shape, kernel)")
     ap.add_argument("--shape", action="append", default=None, metavar="B,T,H,D,c",
                     help="only this shape (repeatable; default: SHAPES)")
     args = ap.parse_args(argv)

@@ -24,7 +24,7 @@ each timed (the whole check is sized to finish in under 8 minutes on an H100; ``
      in the Triton interpreter, which CPU CI does; ``--pytest-all`` keeps it) when the
      repository's ``tests/`` is present and pytest is installed;
    - :mod:`atlas_search.bench.config_check`: every autotune config of every kernel against
-     the first (a failure makes the benchmark run the first configs only), and a
+     the first (a config that fails is left out of the benchmark's autotuning), and a
      compute-sanitizer memcheck of the case that faulted (``SANITIZE_SHAPE``;
      ``--skip-config-checks``);
    - :mod:`atlas_search.bench.prewarm`: the benchmark's Triton kernels (ours and fla's)
@@ -73,7 +73,8 @@ SANITIZE_SHAPE = (2, 2048, 16, 128, 16)
 (an out-of-bounds shared-memory read in ``_omega_bwd_local``, fixed since)."""
 BENCH_RESERVE_S = 260.0  # left for the benchmark, which runs after the parallel phase
 KERNEL_CHECK_TIMEOUT_S = 210.0
-CONFIG_CHECK_PROCS = 6  # config-check children at once (48 jobs; 36 took 155 s at 4 on an H200)
+CONFIG_CHECK_PROCS = 6  # config-check children at once (one per shape and kernel;
+# session 9, one per config: 36 took 155 s at 4 on an H200)
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -265,7 +266,8 @@ def run_bench_isolated(settings, fla, t0: float) -> dict:
     groups = bench_groups(settings)
     env = child_env([fla.path] if fla.available and fla.path else [])
     rows: list[dict] = []
-    merged: dict = {"profile": [], "skipped": [], "footnotes": [], "impls": []}
+    merged: dict = {"profile": [], "skipped": [], "footnotes": [], "impls": [],
+                    "autotune": []}
     environment = None
     with tempfile.TemporaryDirectory(prefix="atlas-bench-") as tmp:
         for n, (name, windows) in enumerate(groups):
@@ -310,7 +312,8 @@ def run_bench_isolated(settings, fla, t0: float) -> dict:
             "settings": asdict(settings), "isolation": "one process per implementation group",
             "impls": merged["impls"], "rows": rows, "ratios": ratios,
             "acceptance": ks.acceptance(ratios), "skipped": merged["skipped"],
-            "profile": merged["profile"], "footnotes": merged["footnotes"],
+            "profile": merged["profile"], "autotune": merged["autotune"],
+            "footnotes": merged["footnotes"],
             "elapsed_s": time.monotonic() - start}
 
 
@@ -405,6 +408,7 @@ def run_gpu_check(opts: Options) -> int:
     """Run every step, write the files, return the exit status (raises :class:`NoCuda`)."""
     t0 = time.monotonic()
     require_cuda()
+    from ..ops import omega_triton as ot
     from . import config_check, prewarm
     from . import kernels_speed as ks
 
@@ -428,9 +432,11 @@ def run_gpu_check(opts: Options) -> int:
     with ThreadPoolExecutor(max_workers=4) as pool:
         cc_job = san_job = None
         if opts.config_checks:
+            cc_jobs = config_check.jobs()
             _say(f"config checks: every autotune config against the first, "
-                 f"{len(config_check.jobs())} jobs, {CONFIG_CHECK_PROCS} at once", t0)
-            cc_job = pool.submit(config_check.run_config_checks, CONFIG_CHECK_PROCS, 120.0,
+                 f"{sum(len(j[2]) for j in cc_jobs)} configs in {len(cc_jobs)} children "
+                 f"(one per shape and kernel), {CONFIG_CHECK_PROCS} at once", t0)
+            cc_job = pool.submit(config_check.run_config_checks, CONFIG_CHECK_PROCS, 180.0,
                                  config_check.SHAPES, phase1_end)
             san_job = pool.submit(config_check.sanitize, SANITIZE_SHAPE,
                                   max(30.0, phase1_end - time.monotonic()))
@@ -474,20 +480,23 @@ def run_gpu_check(opts: Options) -> int:
         cc = cc_job.result() if cc_job else []
         san = san_job.result() if san_job else {"status": "skipped", "lines": []}
     bad_cfg = [r for r in cc if r["ok"] is False]
-    report["config_checks"] = {"rows": cc, "failed": len(bad_cfg),
+    # a config that failed at any shape is left out of the benchmark's autotuning (its
+    # processes inherit the variable); the others still run
+    skip = sorted({ot.skip_entry(r["kernel"], ot.Cfg(*r["config"])) for r in bad_cfg})
+    if skip:
+        os.environ[ot.SKIP_ENV] = ",".join(skip)
+    report["config_checks"] = {"rows": cc, "failed": len(bad_cfg), "skipped_configs": skip,
                                "ok": sum(r["ok"] is True for r in cc)}
     report["sanitizer"] = {"shape": SANITIZE_SHAPE, **san}
     if cc:
         unrun = sum(r["ok"] is None for r in cc)
         _say(f"config checks: {report['config_checks']['ok']}/{len(cc)} ok, {len(bad_cfg)} "
              "failed" + (f", {unrun} not run (time budget)" if unrun else "")
-             + (" -> the benchmark runs the first configs only "
-                         "(ATLAS_TRITON_AUTOTUNE=0)" if bad_cfg else ""), t0)
+             + (f" -> the benchmark leaves {len(skip)} out ({ot.SKIP_ENV}="
+                f"{os.environ[ot.SKIP_ENV]})" if bad_cfg else ""), t0)
         for r in bad_cfg[:8]:
             print(f"    FAIL {r['shape']} {r['kernel']} #{r['index']} {r.get('config', '')}: "
                   f"{r.get('error') or r.get('errors')}", flush=True)
-        if bad_cfg:
-            os.environ["ATLAS_TRITON_AUTOTUNE"] = "0"
     _say(f"compute-sanitizer on {SANITIZE_SHAPE} (B, T, H, D, c; the case that faulted, "
          f"ATLAS_TRITON_UNSAFE=1): {san['status']}", t0)
     for line in san.get("lines", [])[:12]:

@@ -740,9 +740,19 @@ def run_bench(settings: Settings, *, fla: tuple[Callable | None, str | None, str
         "acceptance": acceptance(ratios) if settings.device == "cuda" else None,
         "skipped": skipped,
         "profile": profiles,
+        "autotune": _autotune_picks(settings, impls),
         "footnotes": [n for key, n in FOOTNOTES if key in ("", *(i.name for i in impls))],
         "elapsed_s": time.monotonic() - t_start,
     }
+
+
+def _autotune_picks(settings: Settings, impls: list[Impl]) -> list[dict]:
+    """The configs autotuning chose for our kernels in this run (CUDA triton rows only)."""
+    if settings.device != "cuda" or not any(i.name == "triton" for i in impls):
+        return []
+    from ..ops import omega_triton as ot
+
+    return ot.autotune_picks()
 
 
 # ---------------------------------------------------------------- formatting
@@ -850,6 +860,10 @@ def tail_lines(result: dict) -> list[str]:
     if result.get("profile"):
         lines += ["", "where the time goes (one fwd+bwd under torch.profiler):",
                   *profile_lines(result)]
+    if result.get("autotune"):
+        lines += ["", "autotune picked (kernel, key b/N/Dk/Dv: kernel:BV:warps:VLOOP:BK of n):",
+                  *(f"  {p['kernel']:9s} {'/'.join(map(str, p['key'].values()))}: "
+                    f"{p['config']} of {p['of']}" for p in result["autotune"])]
     if result["skipped"]:
         lines += ["", *result["skipped"]]
     lines += ["", "notes:", *(f"  {n}" for n in result["footnotes"])]

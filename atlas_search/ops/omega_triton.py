@@ -122,12 +122,12 @@ Choices:
   (``T * H * D < 2**31``, else the torch backend). ``BV``:
   16 under the interpreter (one fixed small config, also the Dk block of
   ``_omega_bwd_dqk`` there, so small test shapes cover several blocks); on CUDA each
-  kernel is autotuned over two ``(BV, num_warps)`` configs of :func:`configs`
-  (key: ``b, N, Dk, Dv`` as far as the kernel has them; :data:`AUTOTUNE` off: the first
-  one), chosen from ahead-of-time sm_90 compiles (``python -m
-  atlas_search.bench.aot_check``) so that at the benchmark's shapes (bf16, b = 64,
-  Dk = Dv in {64, 128}, c in {1, 16}, gd) the first config of each kernel spills no
-  registers, except ``_omega_bwd_dqk`` (48 bytes per thread at c = 1, 256 at c = 16).
+  kernel is autotuned over the configs of :func:`configs` (key: ``b, N, Dk, Dv`` as far
+  as the kernel has them; :data:`AUTOTUNE` off: the first one), chosen from ahead-of-time
+  sm_90 compiles specialized as a launch is (``python -m atlas_search.bench.aot_check``):
+  at the benchmark's shapes (bf16, b = 64, Dk = Dv in {64, 128}, c in {1, 16}) no first
+  config spills registers, except ``_omega_bwd_dqk`` with momentum at c = 16 (56 bytes
+  per thread).
   Supported sizes: ``Dk <= 256`` and ``b + c - 1 <= 256`` (larger runs the torch backend).
 * Dtypes: ``q, k, v`` may be fp16, bf16, fp32 or fp64. The computation dtype is fp64 for
   fp64 inputs, else fp32 (coefficients are built in it, every kernel load is converted to
@@ -164,6 +164,7 @@ Choices:
 import functools
 import os
 import warnings
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -847,60 +848,111 @@ def _backward_torch(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do, 
 # ----------------------------------------------------------------------------- launches
 
 
+class Cfg(NamedTuple):
+    """One launch config: ``bv`` the Dv column block (``bwd_dqk``: the Dv block of its inner
+    loop), ``warps`` (``num_warps``), ``loop`` the ``VLOOP`` form (:data:`LOOP_KERNELS`
+    only), ``bk`` the Dk block of ``bwd_dqk`` (its grid axis; 0 for the other kernels)."""
+
+    bv: int
+    warps: int
+    loop: bool = False
+    bk: int = 0
+
+
 def _dqk_bk(dk: int, interpret: bool = False) -> int:
-    """Dk block of ``_omega_bwd_dqk`` (its grid axis; the partial sums over Dk blocks are
-    sized by it): :data:`INTERPRET_BV` under the interpreter, else
-    ``min(64, next_pow2(Dk))``."""
-    return INTERPRET_BV if interpret else min(64, _np2(dk))
+    """The narrowest Dk block ``_omega_bwd_dqk`` may run (the partial sums over Dk blocks
+    are sized by it): :data:`INTERPRET_BV` under the interpreter, else the smallest ``bk``
+    of its :func:`configs`."""
+    return INTERPRET_BV if interpret else min(cfg.bk for cfg in configs("bwd_dqk", dk, dk))
 
 
 @functools.cache
-def configs(name: str, dk: int, dv: int) -> tuple[tuple[int, int, bool], ...]:
-    """The ``(BV, num_warps, VLOOP)`` configs kernel ``name`` is autotuned over on CUDA
-    (``BV``: the Dv column block of the grid; for ``bwd_dqk`` the Dv block of its inner loop;
-    ``VLOOP``, :data:`LOOP_KERNELS` only: one program per chunk looping over the Dv blocks
-    instead of one per (chunk, Dv block), so ``P = C ∘ Q K_I^T`` (``out``) or ``P^T``
-    (``bwd_local``) is computed once per chunk instead of once per block). The first one is
-    the fixed config used when :data:`AUTOTUNE` is off.
+def configs(name: str, dk: int, dv: int) -> tuple[Cfg, ...]:
+    """The configs (:class:`Cfg`) kernel ``name`` is autotuned over on CUDA; the first one
+    is the fixed config used when :data:`AUTOTUNE` is off. ``VLOOP`` (:data:`LOOP_KERNELS`):
+    one program per chunk looping over the Dv blocks instead of one per (chunk, Dv block),
+    so ``P = C ∘ Q K_I^T`` (``out``) or ``P^T`` (``bwd_local``) is computed once per chunk
+    instead of once per block.
 
-    Chosen from sm_90 ahead-of-time compiles (:mod:`atlas_search.bench.aot_check`, bf16,
-    b = 64): the register file, not shared memory, limits these kernels. The sequential
-    kernels (``states``, ``bwd_dh``) hold a ``[Dk, BV]`` state block and a chunk of keys, so
-    ``BV`` is 16 from ``Dk >= 128`` (32 below) with 8 warps (no spills for gd); ``bwd_dqk``
-    (a ``Dk`` block of at most 64) keeps three or four fp32 accumulators per row tile and
-    runs 8 warps with a Dv loop block of 16 or 32 (64 needs more shared memory than sm_90
-    has at ``c = 16``); the other parallel kernels are light (no spills at ``BV = 32``,
-    8 warps). No 4-warp configs: with Triton 3.6.0 on an H100 the output kernel at 4 warps
-    returned wrong outputs (``python -m atlas_search.bench.config_check`` runs every config
-    against the first). The output kernel has no ``BV = 64`` config: with Triton 3.7.1 on an
-    H100 its bf16 compile at ``c = 16`` gave outputs 0.58 (D = 64) and 0.38 (D = 128) off
-    the float64 torch backend (relative), while ``BV = 32`` and ``16`` were within 3e-3 and
-    fp32 was right at every ``BV``. Its ``VLOOP`` configs: at ``Dk = 128``, ``c = 16`` the halo
-    tile takes the per-block kernel from 128 to about 230 registers per thread (sm_90, Triton
-    3.9), one 8-warp block per SM instead of two, and on an H200 it ran 2.3x as long as at
-    ``c = 1`` (1.75 against 0.77 ms at D = 128, T = 4k, bf16); the loop form does about a
-    third fewer multiply-adds, and autotuning picked it there: 0.51 ms at ``c = 16``,
-    0.39 ms at ``c = 1`` (0.61 -> 0.35 ms at D = 64). ``bwd_local`` recomputed ``P^T``
-    per block the same way and has the same loop configs (not yet timed on a GPU: the
-    autotuner keeps the per-block form where that is faster)."""
+    Registers and shared memory below are from sm_90 compiles specialized as a launch is
+    (:mod:`atlas_search.bench.aot_check`: bf16, b = 64, T = 4096, H*D = 2048, gd; pointers
+    and integers divisible by 16 carry that hint, which lets loads vectorize and the
+    pipeliner stage the key tiles). No first config spills. 8 warps unless said:
+
+    * ``states``, ``bwd_dh`` (sequential over chunks: a ``[Dk, BV]`` state block per
+      program, so the number of programs resident per SM sets how much of the per-chunk
+      latency overlaps): ``BV`` 16 from ``Dk >= 128`` (97 / 104 registers at c = 1, two
+      blocks per SM) and 32 below, then twice that, then 4-warp forms (states at Dk = 128,
+      c = 1: ``BV = 16`` 128 registers, three blocks per SM by shared memory; ``BV = 32``
+      197, two) and, at ``Dk >= 128``, ``BV = 64`` (one program reads each key tile once
+      for half the columns; 210 registers, no spills for ``states``, 20 bytes for
+      ``bwd_dh``). fla's state scan is autotuned over ``BV`` 32 / 64 with 2 and 4 warps.
+    * ``bwd_dqk``: a Dk block ``bk`` of at most 64 (172 registers at Dk = 128, c = 1) and
+      a Dv loop block of 16 or 32; at ``Dk = 128`` also ``bk = 128`` (252 registers, no
+      spills at ``BV = 16``): one program per chunk instead of two, so ``dP = -dO E^T``, the
+      loads of ``dO, E, dV`` and the ``dC`` partials are not duplicated across Dk blocks.
+    * ``out``: no ``BV = 64`` (with Triton 3.7.1 on an H100 its bf16 compile at c = 16
+      gave outputs 0.58 (D = 64) and 0.38 (D = 128) off the float64 torch backend,
+      relative). Its ``VLOOP`` configs: on an H200 the per-block form ran 1.75 ms at
+      D = 128, c = 16, T = 4k against 0.77 ms at c = 1; autotuning picked the loop form
+      there: 0.51 ms at c = 16, 0.39 ms at c = 1 (0.61 -> 0.35 ms at D = 64).
+      ``bwd_local`` has the same loop configs.
+    * the other parallel kernels: ``BV`` 32 and 64.
+
+    4-warp configs only for the sequential kernels: with Triton 3.6.0 on an H100 the output
+    kernel at 4 warps returned wrong outputs. ``python -m atlas_search.bench.config_check``
+    runs every config against the first on a GPU, and the GPU check leaves out of the
+    benchmark any config that fails there (:data:`SKIP_ENV`)."""
     cap = _np2(dv)
+    kb = min(64, _np2(dk))
     if name == "bwd_dqk":
-        cands = [(16, 8, False), (32, 8, False)]
+        cands = [Cfg(16, 8, bk=kb), Cfg(32, 8, bk=kb)]
+        if _np2(dk) == 128:
+            cands.append(Cfg(16, 8, bk=128))
     elif name in ("states", "bwd_dh"):
         bv = 16 if _np2(dk) >= 128 else 32
-        cands = [(bv, 8, False), (2 * bv, 8, False)]
+        cands = [Cfg(bv, 8), Cfg(2 * bv, 8), Cfg(bv, 4), Cfg(2 * bv, 4)]
+        if bv == 16:
+            cands.append(Cfg(64, 8))
     elif name == "out":
-        cands = [(32, 8, False), (16, 8, False), (16, 8, True), (32, 8, True)]
+        cands = [Cfg(32, 8), Cfg(16, 8), Cfg(16, 8, True), Cfg(32, 8, True)]
     elif name == "bwd_local":
-        cands = [(32, 8, False), (64, 8, False), (16, 8, True), (32, 8, True)]
+        cands = [Cfg(32, 8), Cfg(64, 8), Cfg(16, 8, True), Cfg(32, 8, True)]
     else:
-        cands = [(32, 8, False), (64, 8, False)]
+        cands = [Cfg(32, 8), Cfg(64, 8)]
+    skip = _skipped()
     out = []
-    for bv, w, loop in cands:
-        c = (min(bv, cap), w, loop)
-        if c not in out:
-            out.append(c)
-    return tuple(out)
+    for cfg in cands:
+        cfg = cfg._replace(bv=min(cfg.bv, cap))
+        if cfg not in out and (name, cfg) not in skip:
+            out.append(cfg)
+    return tuple(out) if out else (cands[0]._replace(bv=min(cands[0].bv, cap)),)
+
+
+SKIP_ENV = "ATLAS_TRITON_SKIP_CONFIGS"
+"""Environment variable: configs to leave out of autotuning, ``kernel:bv:warps:loop:bk``
+entries separated by commas (``loop`` 0/1), e.g. ``states:16:4:0:0``. The GPU check sets it
+for the benchmark to the configs that failed its config checks. A kernel whose every
+config is skipped keeps its first."""
+
+
+@functools.cache
+def _skipped() -> frozenset:
+    out = set()
+    for item in os.environ.get(SKIP_ENV, "").split(","):
+        parts = item.strip().split(":")
+        if len(parts) == 5:
+            try:
+                bv, w, loop, bk = (int(x) for x in parts[1:])
+            except ValueError:
+                continue
+            out.add((parts[0], Cfg(bv, w, bool(loop), bk)))
+    return frozenset(out)
+
+
+def skip_entry(name: str, cfg: Cfg) -> str:
+    """The :data:`SKIP_ENV` entry of ``cfg`` of kernel ``name``."""
+    return f"{name}:{cfg.bv}:{cfg.warps}:{int(cfg.loop)}:{cfg.bk}"
 
 
 INTERPRET_VLOOP = False
@@ -912,33 +964,72 @@ LOOP_KERNELS = ("out", "bwd_local")
 """The kernels with a ``VLOOP`` form (:func:`configs`)."""
 
 
-def _meta(name: str, bv: int, loop: bool) -> dict:
-    """The config constexprs of kernel ``name``: ``BV`` (and ``VLOOP`` for
-    :data:`LOOP_KERNELS`)."""
-    return {"BV": bv, "VLOOP": loop} if name in LOOP_KERNELS else {"BV": bv}
+def _meta(name: str, cfg: Cfg) -> dict:
+    """The config constexprs of kernel ``name``: ``BV``, ``VLOOP`` for
+    :data:`LOOP_KERNELS`, ``BK`` for ``bwd_dqk``."""
+    meta = {"BV": cfg.bv}
+    if name in LOOP_KERNELS:
+        meta["VLOOP"] = cfg.loop
+    if name == "bwd_dqk":
+        meta["BK"] = cfg.bk
+    return meta
 
 
-def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts: dict,
-          g1: int | None = None) -> None:
+def _interpret_cfg(name: str) -> Cfg:
+    """The fixed config under the interpreter (warps unused there)."""
+    return Cfg(INTERPRET_BV, 0, INTERPRET_VLOOP and name in LOOP_KERNELS,
+               INTERPRET_BV if name == "bwd_dqk" else 0)
+
+
+def _call(kern: dict, name: str, g0: int, dk: int, dv: int, args: tuple, consts: dict
+          ) -> Cfg:
     """Launch kernel ``name`` on the grid ``(g0, Dv column blocks)`` (one column when the
-    config loops over them, ``VLOOP``), or ``(g0, g1)`` when ``g1`` is given (``bwd_dqk``: Dk
-    blocks). ``BV`` = :data:`INTERPRET_BV` under the interpreter; on CUDA autotuned over
-    :func:`configs`, or its first config when :data:`AUTOTUNE` is off."""
+    config loops over them, ``VLOOP``; ``bwd_dqk``: its Dk blocks). Under the interpreter
+    :func:`_interpret_cfg`; on CUDA autotuned over :func:`configs`, or its first config when
+    :data:`AUTOTUNE` is off. Returns the config that ran."""
 
-    def grid(bv: int, loop: bool = False) -> tuple[int, int]:
-        return (g0, (1 if loop else triton.cdiv(dv, bv)) if g1 is None else g1)
+    def grid(cfg: Cfg) -> tuple[int, int]:
+        if name == "bwd_dqk":
+            return (g0, triton.cdiv(dk, cfg.bk))
+        return (g0, 1 if cfg.loop else triton.cdiv(dv, cfg.bv))
 
+    if name == "bwd_dqk":
+        consts = {k: v for k, v in consts.items() if k != "BK"}
     if kern["interpret"]:
-        meta = _meta(name, INTERPRET_BV, INTERPRET_VLOOP)
-        kern[name][grid(INTERPRET_BV, meta.get("VLOOP", False))](*args, **meta, **consts)
-        return
+        cfg = _interpret_cfg(name)
+        kern[name][grid(cfg)](*args, **_meta(name, cfg), **consts)
+        return cfg
     cfgs = configs(name, dk, dv)
     if not _autotune():
-        bv, w, loop = cfgs[0]
-        kern[name][grid(bv, loop)](*args, **_meta(name, bv, loop), num_warps=w, **consts)
-        return
+        cfg = cfgs[0]
+        kern[name][grid(cfg)](*args, **_meta(name, cfg), num_warps=cfg.warps, **consts)
+        return cfg
     fn = kern["tuned"](name, cfgs)
-    fn[lambda meta: grid(meta["BV"], meta.get("VLOOP", False))](*args, **consts)
+    fn[lambda meta: grid(_cfg_of(meta))](*args, **consts)
+    best = getattr(fn, "best_config", None)
+    return _cfg_of(best.kwargs, best.num_warps) if best is not None else cfgs[0]
+
+
+def _cfg_of(meta: dict, warps: int = 0) -> Cfg:
+    """The :class:`Cfg` of a launch's config constexprs."""
+    return Cfg(meta["BV"], warps, bool(meta.get("VLOOP", False)), meta.get("BK", 0))
+
+
+_TUNERS: dict[tuple, object] = {}
+"""The ``triton.autotune`` wrappers made so far, by ``(kernel, configs)``."""
+
+
+def autotune_picks() -> list[dict]:
+    """What autotuning chose in this process: per kernel and autotune key (``b, N, Dk, Dv``)
+    the config that won, as a :data:`SKIP_ENV` entry (``kernel:bv:warps:loop:bk``), and
+    how many configs it chose from."""
+    out = []
+    for (name, cfgs), tuner in _TUNERS.items():
+        for key, best in sorted(getattr(tuner, "cache", {}).items(), key=str):
+            picked = _cfg_of(best.kwargs, best.num_warps)
+            out.append({"kernel": name, "key": dict(zip(_KEYS[name], key, strict=False)),
+                        "config": skip_entry(name, picked), "of": len(cfgs)})
+    return out
 
 
 PLAIN_WARPS = 8
@@ -1059,7 +1150,7 @@ def _dv_partials(dk: int, dv: int, interpret: bool) -> int:
     """Rows of ``_omega_bwd_dv``'s per-Dv-block partials of ``dc_end``: one per column block
     of the narrowest ``BV`` it may run (:data:`INTERPRET_BV`, or the smallest of
     :func:`configs`); a wider config leaves the rest at zero."""
-    bv = INTERPRET_BV if interpret else min(cfg[0] for cfg in configs("bwd_dv", dk, dv))
+    bv = INTERPRET_BV if interpret else min(cfg.bv for cfg in configs("bwd_dv", dk, dv))
     return -(-dv // bv)
 
 
@@ -1140,8 +1231,7 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
 
         # dQ, dK (own rows; halo rows in a buffer) whole; the Dk-summed gradients per Dk
         # block (summed below)
-        bk = _dqk_bk(dk, kern["interpret"])
-        nk = triton.cdiv(dk, bk)
+        nk = triton.cdiv(dk, _dqk_bk(dk, kern["interpret"]))  # the most Dk blocks a config has
         dq = _empty(q.shape, q.dtype, dev)
         dk_ = _empty(q.shape, q.dtype, dev)
         hdk = _empty((bh, nt, hl, dk), cd, dev) if hl else dk_
@@ -1185,7 +1275,8 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
             nc,
             *geo,
         )
-        _call(kern, "bwd_dqk", nc, dk, dv, args, dict(consts, BK=bk), g1=nk)
+        ran = _call(kern, "bwd_dqk", nc, dk, dv, args, consts)
+        nk = triton.cdiv(dk, ran.bk)  # the partial rows it wrote
         dhk = dhv = None
         if hl:
             dk_, dhk = _fold_halo(dk_, hdk, b, nh)
@@ -1194,12 +1285,13 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
         raise _KernelError(str(exc)) from exc
     stats["backward"] += 1
 
-    def red(x):  # the partials over Dk blocks (dce, dcse: over Dv blocks)
+    def red(x, rows=None):  # the partials over Dk blocks (dce, dcse: over Dv blocks)
+        x = x if rows is None else x[:rows]
         return x.sum(0) if x.shape[0] > 1 else x[0]
 
-    out = [dq, dk_, dv_, dhk, dhv, red(da), red(dc)]
-    out += [red(dbm) if mom else None, red(dae)]
-    out += [red(dbe), red(dte)] if mom else [None, None]
+    out = [dq, dk_, dv_, dhk, dhv, red(da, nk), red(dc, nk)]
+    out += [red(dbm, nk) if mom else None, red(dae, nk)]
+    out += [red(dbe, nk), red(dte, nk)] if mom else [None, None]
     out += [red(dce), red(dcse) if mom else None, dm0, ds0 if mom else None]
     return out
 
@@ -2167,10 +2259,12 @@ def _kernels() -> dict:
     if mode == "compiled":
 
         @functools.cache
-        def tuned(name: str, cfgs: tuple[tuple[int, int, bool], ...]):
-            cfg = [triton.Config(_meta(name, bv, loop), num_warps=w) for bv, w, loop in cfgs]
-            return triton.autotune(configs=cfg, key=_KEYS[name],
-                                   reset_to_zero=_RESET.get(name))(fns[name])
+        def tuned(name: str, cfgs: tuple[Cfg, ...]):
+            cfg = [triton.Config(_meta(name, c), num_warps=c.warps) for c in cfgs]
+            fn = triton.autotune(configs=cfg, key=_KEYS[name],
+                                 reset_to_zero=_RESET.get(name))(fns[name])
+            _TUNERS[name, cfgs] = fn
+            return fn
 
         kern["tuned"] = tuned
     return kern
