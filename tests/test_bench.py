@@ -447,7 +447,7 @@ def test_aot_check_specializes_as_a_launch_does():
     var = Variant("bfloat16", False, True, 128, 64, 16)
     ints = launch_ints(var)
     assert ints == {"NT": 64, "T": 4096, "H": 16, "L": 64, "N": 79, "DK": 128, "DV": 128,
-                    "DMI": 0, "NC": 8 * 16 * 64}
+                    "DMI": 0, "NC": 8 * 16 * 64, "NBH": 128}
     names = ["k_ptr", "NT", "N", "DK", "DMI", "BV"]
     sig = {"k_ptr": "*bf16", "NT": "i32", "N": "i32", "DK": "i32", "DMI": "i32",
            "BV": "constexpr"}
@@ -456,6 +456,24 @@ def test_aot_check_specializes_as_a_launch_does():
     assert all(v == [["tt.divisibility", 16]] for v in attrs.values())
     ones, attrs = specialize(names, sig, dict(ints, NT=1, N=64))
     assert ones == {"NT": 1} and sorted(attrs) == [(0,), (2,), (3,), (4,)]
+
+
+def test_compiled_autotuners_time_with_tune_ms():
+    """In compiled mode (no GPU needed to build them) each kernel's autotuner keeps its
+    configs and times them with ``_tune_bench`` (``TUNE_MS``, not Triton's 25 / 100 ms),
+    and is registered for ``autotune_picks``."""
+    code = ("from atlas_search.bench.aot_check import _ready_triton\n"
+            "ot, kern = _ready_triton()\n"
+            "for name in ('states', 'bwd_dqk'):\n"
+            "    cfgs = ot.configs(name, 128, 128)\n"
+            "    fn = kern['tuned'](name, cfgs)\n"
+            "    assert fn.do_bench is ot._tune_bench, fn.do_bench\n"
+            "    assert len(fn.configs) == len(cfgs) and ot._TUNERS[name, cfgs] is fn\n"
+            "    assert list(fn.keys) == ot._KEYS[name]\n"
+            "print('ok', ot.TUNE_MS)\n")
+    r = subprocess.run([sys.executable, "-c", code], env=_no_interpret_env(),
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and "ok (5, 25)" in r.stdout, r.stdout[-2000:] + r.stderr[-2000:]
 
 
 def test_aot_check_refuses_an_interpreter_process():

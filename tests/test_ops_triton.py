@@ -547,7 +547,7 @@ def test_autotune_picks_reports_each_winning_config(monkeypatch):
     assert omega_triton.Cfg(16, 8, False, 128) in cfgs
     lines = ks.tail_lines({"autotune": picks, "skipped": [], "footnotes": [],
                            "elapsed_s": 1.0})
-    assert any("bwd_dqk" in ln and "64/64/128/128: bwd_dqk:16:8:0:128 of" in ln
+    assert any("bwd_dqk" in ln and "L=64 N=64 DK=128 DV=128: bwd_dqk:16:8:0:128 of" in ln
                for ln in lines)
 
 
@@ -570,6 +570,16 @@ def test_autotune_configs_distinct_and_four_warps_only_where_allowed():
                 assert set(bks) == ({64, 128} if d == 128 else {bks[0]})
             else:
                 assert set(bks) == {0}
+
+
+def test_sequential_kernels_tune_per_grid_size():
+    """``states`` and ``bwd_dh`` key their autotuning on ``B*H`` rounded up to a power of
+    two (their parallelism), the parallel kernels do not."""
+    assert [omega_triton._grid_rows(n) for n in (1, 16, 17, 128, 129)] == [16, 16, 32, 128,
+                                                                             256]
+    for name, keys in omega_triton._KEYS.items():
+        assert ("NBH" in keys) == (name in ("states", "bwd_dh"))
+        assert set(keys) <= set(omega_triton._kernels()[name].arg_names)
 
 
 def test_skip_env_leaves_configs_out(monkeypatch):

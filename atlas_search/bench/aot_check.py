@@ -81,7 +81,8 @@ def launch_ints(var: Variant) -> dict[str, int]:
     nt = -(-var.seq // var.chunk)
     return {"NT": nt, "T": var.seq, "H": heads, "L": var.chunk, "N": var.rows,
             "DK": var.head_dim, "DV": var.head_dim, "DMI": 0,
-            "NC": max(1, var.tokens // var.seq) * heads * nt}
+            "NC": max(1, var.tokens // var.seq) * heads * nt,
+            "NBH": max(16, 1 << (max(1, var.tokens // var.seq) * heads - 1).bit_length())}
 
 
 def specialize(arg_names: list[str], sig: dict[str, str], ints: dict[str, int]

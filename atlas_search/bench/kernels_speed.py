@@ -861,8 +861,9 @@ def tail_lines(result: dict) -> list[str]:
         lines += ["", "where the time goes (one fwd+bwd under torch.profiler):",
                   *profile_lines(result)]
     if result.get("autotune"):
-        lines += ["", "autotune picked (kernel, key b/N/Dk/Dv: kernel:BV:warps:VLOOP:BK of n):",
-                  *(f"  {p['kernel']:9s} {'/'.join(map(str, p['key'].values()))}: "
+        lines += ["", "autotune picked (kernel key: kernel:BV:warps:VLOOP:BK, of n configs):",
+                  *(f"  {p['kernel']:9s} "
+                    f"{' '.join(f'{k}={v}' for k, v in p['key'].items())}: "
                     f"{p['config']} of {p['of']}" for p in result["autotune"])]
     if result["skipped"]:
         lines += ["", *result["skipped"]]

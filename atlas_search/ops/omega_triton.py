@@ -123,7 +123,8 @@ Choices:
   16 under the interpreter (one fixed small config, also the Dk block of
   ``_omega_bwd_dqk`` there, so small test shapes cover several blocks); on CUDA each
   kernel is autotuned over the configs of :func:`configs` (key: ``b, N, Dk, Dv`` as far
-  as the kernel has them; :data:`AUTOTUNE` off: the first one), chosen from ahead-of-time
+  as the kernel has them, and for the sequential kernels ``B*H`` rounded up to a power of
+  two, :func:`_grid_rows`; :data:`AUTOTUNE` off: the first one), chosen from ahead-of-time
   sm_90 compiles specialized as a launch is (``python -m atlas_search.bench.aot_check``):
   at the benchmark's shapes (bf16, b = 64, Dk = Dv in {64, 128}, c in {1, 16}) no first
   config spills registers, except ``_omega_bwd_dqk`` with momentum at c = 16 (56 bytes
@@ -1015,14 +1016,26 @@ def _cfg_of(meta: dict, warps: int = 0) -> Cfg:
     return Cfg(meta["BV"], warps, bool(meta.get("VLOOP", False)), meta.get("BK", 0))
 
 
+TUNE_MS = (5, 25)
+"""``(warmup, rep)`` in ms of the timing autotuning does per config (Triton's default is
+25 / 100; these kernels take 0.1-2 ms, so 25 ms is 10-250 runs, and the benchmark's
+sequential kernels are tuned per grid size: each of its implementation groups tunes
+about a hundred configs)."""
+
+
+def _tune_bench(fn, quantiles):
+    """The autotuner's timing: ``triton.testing.do_bench`` with :data:`TUNE_MS`."""
+    return triton.testing.do_bench(fn, warmup=TUNE_MS[0], rep=TUNE_MS[1], quantiles=quantiles)
+
+
 _TUNERS: dict[tuple, object] = {}
 """The ``triton.autotune`` wrappers made so far, by ``(kernel, configs)``."""
 
 
 def autotune_picks() -> list[dict]:
-    """What autotuning chose in this process: per kernel and autotune key (``b, N, Dk, Dv``)
-    the config that won, as a :data:`SKIP_ENV` entry (``kernel:bv:warps:loop:bk``), and
-    how many configs it chose from."""
+    """What autotuning chose in this process: per kernel and autotune key (``b, N, Dk, Dv``,
+    and ``NBH`` for the sequential kernels) the config that won, as a :data:`SKIP_ENV`
+    entry (``kernel:bv:warps:loop:bk``), and how many configs it chose from."""
     out = []
     for (name, cfgs), tuner in _TUNERS.items():
         for key, best in sorted(getattr(tuner, "cache", {}).items(), key=str):
@@ -1118,6 +1131,7 @@ def _launch_states(kern, k, v, hk, hv, a, ae, be, te, ce, cse, m0, s0, mom, l2):
         n,
         dk,
         dv,
+        _grid_rows(bh),
     )
     consts = _consts(b, n, dk, mom, l2, _lowp(k, kern["interpret"]))
     _call(kern, "states", bh, dk, dv, args, consts)
@@ -1210,6 +1224,7 @@ def _launch_backward(q, k, v, hk, hv, a, c, bm, ae, be, te, ce, cse, m0, s0, do,
             ds0,
             *geo,
             int(dmf is not None),
+            _grid_rows(bh),
         )
         _call(kern, "bwd_dh", bh, dk, dv, args, consts)
         del w, ws
@@ -1302,12 +1317,21 @@ _RESET = {"bwd_dv": ["dce_ptr", "dcse_ptr"]}
 """Per-block partial buffers that a config with a wider ``BV`` leaves partly unwritten:
 zeroed by the autotuner before each trial and before the launch that follows it."""
 
-# autotune keys (the integer arguments each kernel has; NT and the grid size are not keys)
+def _grid_rows(bh: int) -> int:
+    """``NBH`` of the sequential kernels: ``B*H`` rounded up to a power of two. Their
+    programs are ``B*H`` x the Dv blocks, each a chain of ``NT`` dependent steps, so the
+    best ``BV`` and warps depend on how many there are per SM (at T = 2k the benchmark has
+    8x the ``B*H`` of T = 16k); an autotune key, so each such size is tuned once."""
+    return _np2(bh)
+
+
+# autotune keys (the integer arguments each kernel has; NT is not a key, and the grid size
+# only for the sequential kernels, through NBH)
 _KEYS = {
-    "states": ["L", "N", "DK", "DV"],
+    "states": ["L", "N", "DK", "DV", "NBH"],
     "out": ["L", "N", "DK", "DV"],
     "bwd_local": ["L", "N", "DK", "DV"],
-    "bwd_dh": ["L", "N", "DK", "DV"],
+    "bwd_dh": ["L", "N", "DK", "DV", "NBH"],
     "bwd_dv": ["L", "N", "DK", "DV"],
     "bwd_dqk": ["L", "N", "DK", "DV"],
 }
@@ -1456,6 +1480,7 @@ def _kernels() -> dict:
         N,
         DK,
         DV,
+        NBH,
         BL: tl.constexpr,
         BH: tl.constexpr,
         BK: tl.constexpr,
@@ -1466,7 +1491,8 @@ def _kernels() -> dict:
         LOWP: tl.constexpr,
     ):
         # sequential over chunks; one program: one (batch*head, Dv column block), its M (S)
-        # block in registers (computation dtype: the coefficients'). Reads M_0 (S_0) and
+        # block in registers (computation dtype: the coefficients'). NBH: an autotune key
+        # only (_grid_rows), not read. Reads M_0 (S_0) and
         # writes the final states and the start state of the last chunk (the anchor) in
         # their buffers' dtypes, and every chunk-start state (the state buffers' dtype).
         i_bh = tl.program_id(0).to(tl.int64)
@@ -1808,6 +1834,7 @@ def _kernels() -> dict:
         DK,
         DV,
         DMI,
+        NBH,
         BL: tl.constexpr,
         BH: tl.constexpr,
         BK: tl.constexpr,
@@ -1817,7 +1844,8 @@ def _kernels() -> dict:
         L2: tl.constexpr,
         LOWP: tl.constexpr,
     ):
-        # sequential reverse over chunks; dM (dS) block in registers. Writes every chunk's
+        # sequential reverse over chunks; dM (dS) block in registers (NBH: an autotune key
+        # only, not read). Writes every chunk's
         # dM_end (dS_end) and dM_0 (dS_0). DMI = 0: the final states and the anchor have no
         # cotangent (their pointers are stand-ins, never read): dM starts at zero.
         i_bh = tl.program_id(0).to(tl.int64)
@@ -2261,8 +2289,12 @@ def _kernels() -> dict:
         @functools.cache
         def tuned(name: str, cfgs: tuple[Cfg, ...]):
             cfg = [triton.Config(_meta(name, c), num_warps=c.warps) for c in cfgs]
-            fn = triton.autotune(configs=cfg, key=_KEYS[name],
-                                 reset_to_zero=_RESET.get(name))(fns[name])
+            kw = dict(configs=cfg, key=_KEYS[name], reset_to_zero=_RESET.get(name))
+            try:
+                tune = triton.autotune(**kw, do_bench=_tune_bench)
+            except TypeError:  # a Triton without do_bench: its default timing
+                tune = triton.autotune(**kw)
+            fn = tune(fns[name])
             _TUNERS[name, cfgs] = fn
             return fn
 
