@@ -435,7 +435,23 @@ def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
         assert 0 < row["registers"] <= 255, row
         assert 0 <= row["shared"] <= SMEM_LIMIT[90], row  # bwd_dh for dot: no tl.dot
         assert row["spill_stores"] is not None and row["stack"] is not None, row
-    assert f"{len(rows)} compiles" in r.stdout
+        assert row["blocks_per_sm"] >= 1, row
+    assert f"{len(rows)} compiles" in r.stdout and "blocks/SM" in r.stdout
+
+
+def test_blocks_per_sm_takes_the_tightest_limit():
+    """Registers are allocated per warp in units of 256, shared memory per block plus 1 KB;
+    the least of the register, shared-memory, warp and block limits wins (sm_90: 64K
+    registers, 228 KB, 64 warps, 32 blocks)."""
+    from atlas_search.bench.aot_check import blocks_per_sm
+
+    assert blocks_per_sm(97, 8, 61952) == 2  # 13 x 256 per warp: 19 warps -> 2 blocks
+    assert blocks_per_sm(128, 4, 61952) == 3  # registers allow 4, shared memory 3
+    assert blocks_per_sm(255, 8, 20000) == 1
+    assert blocks_per_sm(32, 8, 0) == 8  # the 64-warp limit
+    assert blocks_per_sm(16, 1, 0) == 32  # the block limit
+    assert blocks_per_sm(64, 4, 240000) == 0  # more shared memory than an SM has
+    assert blocks_per_sm(97, 8, 61952, arch=86) < blocks_per_sm(97, 8, 61952)
 
 
 def test_aot_check_specializes_as_a_launch_does():

@@ -5,7 +5,8 @@ Triton's compiler and ``ptxas`` (both in the triton wheel) build every kernel of
 first launch on that GPU would, for each shape variant and each autotune config of
 :func:`omega_triton.configs`, and report what ``ptxas -v`` says: registers per thread,
 spill stores (bytes per thread written to local memory: the register file overflowed),
-stack frame, and the shared memory of the launch. A variant that does not compile, or
+stack frame, and the shared memory of the launch, and how many blocks of it fit on one SM
+at once (:func:`blocks_per_sm`). A variant that does not compile, or
 needs more shared memory than the target has, is a failure (exit code 1).
 
 What it proves and what it does not: the kernels build in compiled mode (the interpreter
@@ -49,6 +50,21 @@ from dataclasses import asdict, dataclass, replace
 KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk", "coef_fwd", "coef_bwd")
 COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (omega_triton.PLAIN_WARPS)
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
+SM_LIMITS = {  # per SM: shared memory bytes, resident warps, resident blocks (CUDA guide)
+    80: (167936, 64, 32), 86: (102400, 48, 16), 89: (102400, 48, 24), 90: (233472, 64, 32)}
+REGS_PER_SM = 65536
+SMEM_RESERVED = 1024  # bytes the driver reserves per block (sm_80 and later)
+
+
+def blocks_per_sm(registers: int, num_warps: int, shared: int, arch: int = 90) -> int:
+    """Blocks of a kernel resident at once on one SM, the least of what registers (allocated
+    per warp in units of 256), shared memory (plus the per-block reservation), warps and
+    blocks allow: how much of a latency-bound kernel's wait the SM can overlap."""
+    smem, warps, blocks = SM_LIMITS.get(arch, SM_LIMITS[90])
+    warp_regs = -(-registers * 32 // 256) * 256
+    by_regs = (REGS_PER_SM // warp_regs) // num_warps if warp_regs else blocks
+    by_smem = smem // (shared + SMEM_RESERVED)
+    return max(0, min(by_regs, by_smem, warps // num_warps, blocks))
 _IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "hk_ptr", "hv_ptr", "o_ptr", "do_ptr", "dq_ptr",
                   "dk_ptr", "dv_ptr")  # the token-major tensors; else fp32
 _GATE_ARGS = ("al_ptr", "et_ptr", "ga_ptr", "hg_ptr", "dal_ptr", "det_ptr")  # coef kernels
@@ -121,6 +137,7 @@ class Row:
     spill_stores: int | None = None
     stack: int | None = None
     shared: int | None = None
+    blocks_per_sm: int | None = None  # resident at once (:func:`blocks_per_sm`)
     seconds: float = 0.0
     error: str | None = None
 
@@ -215,7 +232,8 @@ def compile_one(kern: dict, ot, name: str, var: Variant, cfg, arch: int = 90,
     if memo is not None and key in memo:
         same = memo[key]
         return replace(row, registers=same.registers, spill_stores=same.spill_stores,
-                       stack=same.stack, shared=same.shared, error=same.error)
+                       stack=same.stack, shared=same.shared,
+                       blocks_per_sm=same.blocks_per_sm, error=same.error)
     src = ASTSource(fn, sig, constexprs={(fn.arg_names.index(k),): v
                                          for k, v in consts.items()}, attrs=attrs)
     log = io.StringIO()
@@ -234,6 +252,8 @@ def compile_one(kern: dict, ot, name: str, var: Variant, cfg, arch: int = 90,
     for k, v in _parse_ptxas(log.getvalue()).items():
         setattr(row, k, v)
     row.shared = int(ck.metadata.shared)
+    if row.registers is not None:
+        row.blocks_per_sm = blocks_per_sm(row.registers, num_warps, row.shared, arch)
     limit = SMEM_LIMIT.get(arch)
     if limit is not None and row.shared > limit:
         row.error = f"shared memory {row.shared} B > {limit} B (sm_{arch})"
@@ -282,7 +302,7 @@ def _line(row: Row) -> str:
     if row.error:
         return f"{head}  FAILED {row.error}"
     return (f"{head}  regs {row.registers}  spill {row.spill_stores} B  stack {row.stack} B"
-            f"  smem {row.shared} B  ({row.seconds:.1f} s)")
+            f"  smem {row.shared} B  {row.blocks_per_sm} blocks/SM  ({row.seconds:.1f} s)")
 
 
 def summary(result: dict) -> list[str]:
