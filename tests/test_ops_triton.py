@@ -572,6 +572,38 @@ def test_autotune_configs_distinct_and_four_warps_only_where_allowed():
                 assert set(bks) == {0}
 
 
+def test_autotuned_launch_returns_the_config_that_ran(monkeypatch):
+    """``_call`` on the autotuned path returns the config the autotuner ran (the caller
+    sums ``bwd_dqk``'s partial rows by its Dk block), launches on that config's grid, and
+    raises (-> the torch fallback) when the autotuner does not say which one it was."""
+    from types import SimpleNamespace
+
+    omega_triton._kernels()  # binds the module's triton
+    seen = []
+
+    class Tuner:
+        def __init__(self, best):
+            if best is not None:
+                self.best_config = best
+
+        def __getitem__(self, grid):
+            def launch(*args, **consts):
+                seen.append((grid({"BV": 16, "BK": 128}), sorted(consts)))
+            return launch
+
+    monkeypatch.setattr(omega_triton, "AUTOTUNE", True)
+    monkeypatch.delenv("ATLAS_TRITON_AUTOTUNE", raising=False)
+    best = SimpleNamespace(kwargs={"BV": 16, "BK": 128}, num_warps=8)
+    kern = {"interpret": False, "tuned": lambda name, cfgs: Tuner(best)}
+    consts = {"BK": 128, "BL": 64}
+    ran = omega_triton._call(kern, "bwd_dqk", 7, 128, 128, (), consts)
+    assert ran == omega_triton.Cfg(16, 8, False, 128)
+    assert seen == [((7, 1), ["BL"])]  # one Dk block; BK comes from the config only
+    kern["tuned"] = lambda name, cfgs: Tuner(None)
+    with pytest.raises(RuntimeError, match="did not say which config ran"):
+        omega_triton._call(kern, "bwd_dqk", 7, 128, 128, (), consts)
+
+
 def test_sequential_kernels_tune_per_grid_size():
     """``states`` and ``bwd_dh`` key their autotuning on ``B*H`` rounded up to a power of
     two (their parallelism), the parallel kernels do not."""
