@@ -50,6 +50,10 @@ from dataclasses import asdict, dataclass, replace
 KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk", "coef_fwd", "coef_bwd")
 COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (omega_triton.PLAIN_WARPS)
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
+_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "hk_ptr", "hv_ptr", "o_ptr", "do_ptr", "dq_ptr",
+                  "dk_ptr", "dv_ptr")  # the token-major tensors; else fp32
+_GATE_ARGS = ("al_ptr", "et_ptr", "ga_ptr", "hg_ptr", "dal_ptr", "det_ptr")  # coef kernels
+_TL = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 SM_LIMITS = {  # per SM: shared memory bytes, resident warps, resident blocks (CUDA guide)
     80: (167936, 64, 32), 86: (102400, 48, 16), 89: (102400, 48, 24), 90: (233472, 64, 32)}
 REGS_PER_SM = 65536
@@ -65,10 +69,6 @@ def blocks_per_sm(registers: int, num_warps: int, shared: int, arch: int = 90) -
     by_regs = (REGS_PER_SM // warp_regs) // num_warps if warp_regs else blocks
     by_smem = smem // (shared + SMEM_RESERVED)
     return max(0, min(by_regs, by_smem, warps // num_warps, blocks))
-_IN_DTYPE_ARGS = ("q_ptr", "k_ptr", "v_ptr", "hk_ptr", "hv_ptr", "o_ptr", "do_ptr", "dq_ptr",
-                  "dk_ptr", "dv_ptr")  # the token-major tensors; else fp32
-_GATE_ARGS = ("al_ptr", "et_ptr", "ga_ptr", "hg_ptr", "dal_ptr", "det_ptr")  # coef kernels
-_TL = {"bfloat16": "bf16", "float16": "fp16", "float32": "fp32"}
 
 
 @dataclass(frozen=True)
@@ -93,12 +93,14 @@ class Variant:
 def launch_ints(var: Variant) -> dict[str, int]:
     """The integer kernel arguments of the launch at ``var`` (``DMI``: no cotangent of the
     final states, as in the benchmark and in training)."""
+    from ..ops.omega_triton import _grid_rows  # (no triton import: that is _ready_triton's)
+
     heads = max(1, var.width // var.head_dim)
+    batch = max(1, var.tokens // var.seq)
     nt = -(-var.seq // var.chunk)
     return {"NT": nt, "T": var.seq, "H": heads, "L": var.chunk, "N": var.rows,
             "DK": var.head_dim, "DV": var.head_dim, "DMI": 0,
-            "NC": max(1, var.tokens // var.seq) * heads * nt,
-            "NBH": max(16, 1 << (max(1, var.tokens // var.seq) * heads - 1).bit_length())}
+            "NC": batch * heads * nt, "NBH": _grid_rows(batch * heads)}
 
 
 def specialize(arg_names: list[str], sig: dict[str, str], ints: dict[str, int]

@@ -58,9 +58,13 @@ def run_job(shape: list, kernel: str, indices: list[int]) -> None:
     from ..ops import omega_triton as ot
     from .kernel_check import rel_err
 
+    def triton_ran(run):  # (outputs, whether the run was one Triton forward and backward)
+        before = ot.stats["forward"], ot.stats["backward"]
+        out = run()
+        return out, (ot.stats["forward"] - before[0], ot.stats["backward"] - before[1]) == (1, 1)
+
     ot.AUTOTUNE = False
-    before = ot.stats["forward"], ot.stats["backward"]
-    base = _fwd_bwd(*shape)
+    base, base_ran = triton_ran(lambda: _fwd_bwd(*shape))
     original = ot.configs
     names = ["o", "d_q", "d_k", "d_v", "d_alpha", "d_eta"]
     try:
@@ -70,9 +74,8 @@ def run_job(shape: list, kernel: str, indices: list[int]) -> None:
                 return (cfgs[index],) if name == kernel else cfgs
 
             ot.configs = configs
-            before = ot.stats["forward"], ot.stats["backward"]
-            got = _fwd_bwd(*shape)
-            ran = (ot.stats["forward"] - before[0], ot.stats["backward"] - before[1]) == (1, 1)
+            got, ran = triton_ran(lambda: _fwd_bwd(*shape))
+            ran = ran and base_ran  # both sides of the comparison ran the kernels
             errs = {n: rel_err(a, g) for n, a, g in zip(names, base, got, strict=True)}
             row = {"index": index, "ran_triton": ran, "errors": errs,
                    "ok": ran and all(e == e and e <= TOL for e in errs.values())}

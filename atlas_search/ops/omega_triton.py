@@ -921,13 +921,13 @@ def configs(name: str, dk: int, dv: int) -> tuple[Cfg, ...]:
         cands = [Cfg(32, 8), Cfg(64, 8), Cfg(16, 8, True), Cfg(32, 8, True)]
     else:
         cands = [Cfg(32, 8), Cfg(64, 8)]
+    capped = [cfg._replace(bv=min(cfg.bv, cap)) for cfg in cands]
     skip = _skipped()
     out = []
-    for cfg in cands:
-        cfg = cfg._replace(bv=min(cfg.bv, cap))
+    for cfg in capped:
         if cfg not in out and (name, cfg) not in skip:
             out.append(cfg)
-    return tuple(out) if out else (cands[0]._replace(bv=min(cands[0].bv, cap)),)
+    return tuple(out or capped[:1])
 
 
 SKIP_ENV = "ATLAS_TRITON_SKIP_CONFIGS"
