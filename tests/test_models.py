@@ -299,6 +299,8 @@ def test_build_from_config_and_spec():
         build_model({"d_model": 8})  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="normalize"):
         build_model(spec(memory=dict(kind="mlp", objective="dot", normalize=True)), vocab_size=8)
+    with pytest.raises(ValueError, match="feature_map 'exp' or 'poly'"):
+        build_model(spec(memory=dict(objective="dot", normalize=True)), vocab_size=8)
 
 
 # ----------------------------------------------------------------------------- variants

@@ -99,6 +99,12 @@ class MemorySpec(Spec):
                 f"normalize: true needs kind 'linear' (got {self.kind!r}): the normaliser is the "
                 "same linear op applied to v = 1, which a deep memory does not have",
             )
+        if self.normalize and self.feature_map == "identity":
+            raise rule_error(
+                "normalize",
+                "normalize: true needs feature_map 'exp' or 'poly': with identity features the "
+                "normaliser sum_i eta_i gamma_i q.k_i changes sign and crosses zero",
+            )
         return self
 
 
