@@ -165,11 +165,14 @@ def evaluate_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print JSON")] = False,
 ) -> None:
     """Evaluate a checkpoint on its task's evaluation sets, or on changed task settings
-    (longer sequences, more key-value pairs) with --set."""
+    (longer sequences, more key-value pairs) with --set; under the trainer's autocast rule
+    (bf16 on CUDA unless ``train.precision: fp32``)."""
     import torch
 
     from ..models import build_model
-    from ..train import CheckpointError, evaluate, load_checkpoint, load_model_state
+    from ..train import CheckpointError, load_checkpoint, load_model_state
+    from ..train.evaluate import evaluate_sets
+    from ..train.loop import use_autocast
 
     run_dir = run.parent if run.suffix == ".pt" else run
     ckpt = run if run.suffix == ".pt" else run / "checkpoint.pt"
@@ -195,11 +198,9 @@ def evaluate_cmd(
                          f"{source}")
     except CheckpointError as exc:
         raise bad(str(exc)) from None
-    results = {}
-    with torch.no_grad():
-        for name, data in task.evals.items():
-            results[name] = evaluate(model, data, task, batch_size=cfg.train.batch_size,
-                                     device=device)
+    with torch.no_grad():  # autocast as in training (bf16 on CUDA unless precision: fp32)
+        results = evaluate_sets(model, task, batch_size=cfg.train.batch_size, device=device,
+                                autocast=use_autocast(device, cfg.train.precision))
     if as_json:
         out.print_json(json.dumps({"step": state["step"], "evals": results}))
         return

@@ -53,3 +53,19 @@ def evaluate(model: nn.Module, data: TokenDataset, task: Task, *, batch_size: in
         else:
             out["perplexity"] = math.exp(min(loss, 50.0))
     return out
+
+
+def evaluate_sets(model: nn.Module, task: Task, names: list[str] | None = None, *,
+                  batch_size: int, device: torch.device,
+                  autocast: bool = False) -> dict[str, dict[str, float]]:
+    """:func:`evaluate` on the task's eval sets ``names`` (default: all, in the task's
+    order), keyed by set name (``test``, ``test@<T>``, ...)."""
+    names = list(task.evals) if names is None else names
+    return {name: evaluate(model, task.evals[name], task, batch_size=batch_size,
+                           device=device, autocast=autocast) for name in names}
+
+
+def eval_key(name: str, metric: str) -> str:
+    """The flat key of eval set ``name``'s ``metric`` in a training record, e.g.
+    ``test@128/accuracy`` (the set named as ``atlas-search eval`` names it)."""
+    return f"{name}/{metric}"

@@ -1,11 +1,13 @@
 """The training loop: AdamW, warmup + decay, clipping, periodic evaluation, a reporting
-hook (the search prunes through it), NaN detection, checkpoints and exact resume."""
+hook (the search prunes through it), NaN/inf detection (loss, gradient norm, evaluation
+loss), checkpoints and exact resume."""
 
 from __future__ import annotations
 
 import json
 import math
 import os
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,19 +22,22 @@ from ..spec.yamlio import dump_yaml
 from ..tasks import Task, make_task
 from ..tasks.base import generator
 from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
-from .evaluate import evaluate, scored_loss
+from .evaluate import eval_key, evaluate, evaluate_sets, scored_loss
 from .schedule import lr_factor, param_groups
 
 Report = Callable[[int, dict[str, float]], None]
 Progress = Callable[[int, dict[str, float]], None]
 CHECKPOINT = "checkpoint.pt"
+RUN_FILES = (CHECKPOINT, "final.json", "metrics.jsonl", "config.yaml")
+"""What a run writes at the top of its folder (:func:`clear_run` removes them)."""
 
 
 @dataclass
 class TrainResult:
-    """The outcome of :func:`train`. ``status`` is ``completed`` or ``diverged`` (the loss
-    became NaN/inf at ``step``; ``reason`` says which loss); ``metrics`` holds the last
-    evaluation plus ``params``, ``state_size`` and ``tokens_per_s``."""
+    """The outcome of :func:`train`. ``status`` is ``completed`` or ``diverged`` (the
+    training loss, the gradient norm or the main evaluation loss became NaN/inf at
+    ``step``; ``reason`` says which and its value); ``metrics`` holds the last evaluation
+    plus ``params``, ``state_size`` and ``tokens_per_s``."""
 
     status: Literal["completed", "diverged"]
     step: int
@@ -89,6 +94,51 @@ def check_resume(state: dict[str, Any], config: Config) -> None:
                               f"beyond train.steps {config.train.steps}")
 
 
+def use_autocast(device: torch.device, precision: str) -> bool:
+    """Whether training and evaluation (``train`` and ``atlas-search eval``) run under bf16
+    autocast: on CUDA with ``train.precision`` ``auto`` or ``bf16``; never on CPU or fp32."""
+    return device.type == "cuda" and precision in ("auto", "bf16")
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what an earlier run left in ``run_dir`` before a run starts over there (not
+    on resume): :data:`RUN_FILES` and the MAD protocol's per-training subfolders, so that
+    no old checkpoint or final.json outlives a new config. Other files stay."""
+    from .mad_protocol import SUBRUN
+
+    if not run_dir.is_dir():
+        return
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    for sub in run_dir.iterdir():
+        if sub.is_dir() and not sub.is_symlink() and SUBRUN.fullmatch(sub.name):
+            shutil.rmtree(sub)
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN/inf)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data
+
+
+def _dumps(data: Any, indent: int | None = None) -> str:
+    return json.dumps(json_safe(data), indent=indent, allow_nan=False)
+
+
+def grad_norm(model: nn.Module, clip: float | None) -> float:
+    """The total L2 norm of the gradients before clipping; clips them to ``clip`` unless
+    ``clip`` is None (then the gradients are left as they are)."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return 0.0
+    return float(torch.nn.utils.clip_grad_norm_(params, math.inf if clip is None else clip))
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -117,9 +167,17 @@ def train(
     are written there; ``resume=True`` continues from that checkpoint and reaches the same
     numbers as an uninterrupted run (batches are a function of (seed, step)); it raises
     CheckpointError for an unreadable checkpoint or a config that differs from the
-    checkpoint's outside :data:`RESUMABLE`. ``checkpoint=False`` writes everything but the
-    checkpoint (search trials). A task setting its generator cannot produce raises
-    ``tasks.base.TaskError``.
+    checkpoint's outside :data:`RESUMABLE`. A run that starts over (no ``resume``, or no
+    checkpoint to resume) first removes the folder's old run (:func:`clear_run`).
+    ``checkpoint=False`` writes everything but the checkpoint (search trials). A task
+    setting its generator cannot produce raises ``tasks.base.TaskError``.
+
+    Evaluations score the task's main eval set (its metric keys unprefixed: ``loss``,
+    ``accuracy``, ...); the final one (step ``train.steps``) also scores every other eval
+    set (S-NIAH's ``test@<T>`` per test length), under keys ``<set>/<metric>``
+    (:func:`evaluate.eval_key`). A NaN/inf training loss, gradient norm (checked before the
+    optimizer step, which is then not taken) or main evaluation loss ends the run as
+    ``diverged``; non-finite floats are written to the JSON files as ``null``.
     """
     from ..models import build_model, summarize
 
@@ -133,7 +191,7 @@ def train(
     set_threads(threads)
     spec = config.train
     device = resolve_device(spec.device)
-    autocast = device.type == "cuda" and spec.precision in ("auto", "bf16")
+    autocast = use_autocast(device, spec.precision)
     torch.manual_seed(spec.seed)
     task = task or make_task(config.task)
     if model is None:
@@ -153,6 +211,7 @@ def train(
             opt.load_state_dict(state["optimizer"])
             start, history = state["step"], state["history"]
         else:
+            clear_run(run_dir)
             (run_dir / "metrics.jsonl").write_text("")
         header = f"# resolved config of run {config.name or run_dir.name}\n"
         (run_dir / "config.yaml").write_text(dump_yaml(config.model_dump(mode="json"), header))
@@ -175,15 +234,14 @@ def train(
             loss, _ = scored_loss(model, x, y)
         value = float(loss.detach())
         if not math.isfinite(value):
-            result = TrainResult("diverged", step + 1, {**metrics, **static, "loss": value},
-                                 history, f"training loss became {value} at step {step + 1}",
-                                 run_dir)
-            _write_final(run_dir, result)
-            return result
+            return _diverged(run_dir, step + 1, {**metrics, **static, "loss": value}, history,
+                             f"training loss became {value} at step {step + 1}")
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        if spec.grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)
+        norm = grad_norm(model, spec.grad_clip)
+        if not math.isfinite(norm):  # no step: the weights stay finite
+            return _diverged(run_dir, step + 1, {**metrics, **static, "grad_norm": norm},
+                             history, f"gradient norm became {norm} at step {step + 1}")
         opt.step()
         train_time += time.perf_counter() - t0
         tokens += x.numel()
@@ -194,6 +252,11 @@ def train(
         if done % spec.eval_every == 0 or done == spec.steps:
             ev = evaluate(model, task.evals[task.main_eval], task, batch_size=spec.batch_size,
                           device=device, autocast=autocast)
+            others = [n for n in task.evals if n != task.main_eval]
+            if done == spec.steps and others and math.isfinite(ev["loss"]):
+                sets = evaluate_sets(model, task, others, batch_size=spec.batch_size,
+                                     device=device, autocast=autocast)
+                ev.update({eval_key(n, k): v for n, m in sets.items() for k, v in m.items()})
             metrics = {"step": done, **ev, "train_loss": sum(running) / len(running),
                        "tokens_per_s": tokens / max(train_time, 1e-9),
                        "lr": spec.lr * lr_factor(step, spec)}
@@ -201,12 +264,15 @@ def train(
             history.append(metrics)
             if run_dir is not None:
                 with open(run_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
-                if checkpoint:
-                    save_checkpoint(ckpt_path, {"model": model.state_dict(),
-                                                "optimizer": opt.state_dict(), "step": done,
-                                                "history": history,
-                                                "config": config.model_dump(mode="json")})
+                    fh.write(_dumps(metrics) + "\n")
+            if not math.isfinite(ev["loss"]):  # no checkpoint, no report
+                return _diverged(run_dir, done, {**metrics, **static}, history,
+                                 f"evaluation loss became {ev['loss']} at step {done}")
+            if run_dir is not None and checkpoint:
+                save_checkpoint(ckpt_path, {"model": model.state_dict(),
+                                            "optimizer": opt.state_dict(), "step": done,
+                                            "history": history,
+                                            "config": config.model_dump(mode="json")})
             if report is not None:
                 report(done, metrics)
     final = {**metrics, **static}
@@ -215,9 +281,18 @@ def train(
     return result
 
 
+def _diverged(run_dir: Path | None, step: int, metrics: dict[str, float],
+              history: list[dict[str, float]], reason: str) -> TrainResult:
+    """End the run as diverged at ``step``: write final.json and return the result."""
+    result = TrainResult("diverged", step, metrics, history, reason, run_dir)
+    _write_final(run_dir, result)
+    return result
+
+
 def _write_final(run_dir: Path | None, result: TrainResult) -> None:
+    """``final.json``: status, step, metrics (non-finite values as ``null``) and reason."""
     if run_dir is None:
         return
     payload: dict[str, Any] = {"status": result.status, "step": result.step,
                                "metrics": result.metrics, "reason": result.reason}
-    (run_dir / "final.json").write_text(json.dumps(payload, indent=2) + "\n")
+    (run_dir / "final.json").write_text(_dumps(payload, indent=2) + "\n")

@@ -4,6 +4,7 @@ over its settings; the MAD score is the mean over tasks."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,14 @@ from ..spec.config import Config
 from ..spec.task import MADSuiteTask, TaskSpec
 
 Report = Callable[[int, dict[str, float]], None]
+SUBRUN = re.compile(r"\d{2,}-\w+-lr[^/]+-wd[^/]+")
+"""Names of the protocol's per-training subfolders (:func:`subrun_name`)."""
+
+
+def subrun_name(i: int, task: str, lr: float, wd: float) -> str:
+    """The subfolder of instance ``i``'s training at (``lr``, ``wd``), e.g.
+    ``01-in_context_recall-lr0.001-wd0``."""
+    return f"{i:02d}-{task}-lr{lr:g}-wd{wd:g}"
 
 
 def mad_instances(suite: MADSuiteTask) -> list[tuple[str, dict]]:
@@ -27,14 +36,18 @@ def run_mad(config: Config, *, threads: int | None = None, report: Report | None
     """Run the protocol for ``config``'s model and training settings. ``report(i, m)`` is
     called after instance ``i`` (1-based) with ``m["mad_score"]`` = that instance's score
     (best accuracy over the grid), the step semantics WilcoxonPruner expects. Returns
-    ``mad_score``, ``score/<task>`` per task and the model's size."""
-    from .loop import train
+    ``mad_score``, ``score/<task>`` per task and the model's size. The protocol always
+    starts over: what an earlier run left in ``run_dir`` (its subfolders, final.json, a
+    checkpoint) is removed first (:func:`loop.clear_run`)."""
+    from .loop import clear_run, train
 
     suite = config.task
     assert isinstance(suite, MADSuiteTask)
     adapter = TypeAdapter(TaskSpec)
     per_task: dict[str, list[float]] = {}
     last: dict[str, float] = {}
+    if run_dir is not None:
+        clear_run(run_dir)
     for i, (name, fields) in enumerate(mad_instances(suite), 1):
         task = adapter.validate_python({"name": name, **fields})
         best = 0.0
@@ -44,7 +57,7 @@ def run_mad(config: Config, *, threads: int | None = None, report: Report | None
                     "task": task,
                     "train": config.train.model_copy(update={"lr": lr, "weight_decay": wd}),
                 })
-                sub = run_dir / f"{i:02d}-{name}-lr{lr:g}-wd{wd:g}" if run_dir else None
+                sub = run_dir / subrun_name(i, name, lr, wd) if run_dir else None
                 result = train(cfg, threads=threads, run_dir=sub, checkpoint=False)
                 acc = result.metrics.get("accuracy", 0.0) if result.status == "completed" else 0.0
                 last = {"params": result.metrics.get("params", 0.0),
