@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Group
@@ -84,7 +85,9 @@ def run(
             eta = f"{(time.time() - started) / new * left:,.0f}s"
         bar.update(job, completed=p.finished, total=p.n_trials, eta=eta)
         stats.plain = (f"running {p.running} | complete {p.complete} | pruned {p.pruned} | "
-                       f"failed {p.failed} | best {p.best}")
+                       f"failed {p.failed}"
+                       + (f" | infeasible {p.infeasible}" if p.infeasible else "")
+                       + f" | best {p.best}")
         events.plain = "\n".join(p.events[-4:])
 
     def line(text: str) -> None:
@@ -114,22 +117,60 @@ def run(
         err.print("interrupted: running trials were re-queued; rerun the same command to "
                   "continue", markup=False)
         raise typer.Exit(130) from None
+    if progress.stopped and not progress.stop_error:
+        out.print(progress.stopped, markup=False, soft_wrap=True)
+    infeasible = (f", infeasible {progress.infeasible} (not counted)"
+                  if progress.infeasible else "")
     out.print(f"finished {progress.finished}/{progress.n_trials}: complete {progress.complete}"
-              f", pruned {progress.pruned}, failed {progress.failed}; best {progress.best}",
-              markup=False)
-    run_dir = runs / space.study.name
-    out.print(f"next: atlas-search status {run_dir} | atlas-search export {run_dir}",
-              markup=False)
+              f", pruned {progress.pruned}, failed {progress.failed}{infeasible}; "
+              f"best {progress.best}", markup=False, soft_wrap=True)
+    run_dir = shlex.quote(str(runs / space.study.name))
+    where = ""
+    if storage or space.study.storage:
+        where = f" --storage {shlex.quote(shown_url(driver.url))}"
+    out.print(f"next: atlas-search status {run_dir}{where} | atlas-search export {run_dir}"
+              f"{where}", markup=False, soft_wrap=True)
+    if progress.stopped and progress.stop_error:
+        out.file.flush()
+        raise bad(f"{space_file}: {progress.stopped}")
 
 
 def _open(run_dir: Path, storage: str | None):  # noqa: ANN202
+    """The study of a run folder (read only: a missing journal is an error, not created)."""
     from ..search.factory import StorageError
     from ..search.results import open_study
 
+    def note(text: str) -> None:
+        err.print(f"note: {text}", markup=False)
+
     try:
-        return open_study(run_dir, storage)
+        return open_study(run_dir, storage, note=note)
     except (FileNotFoundError, StorageError) as exc:
         raise bad(str(exc)) from None
+
+
+def _out_dir(path: Path, option: bool) -> Path:
+    """``path`` as an output folder, created; exit 2 naming it when it is a file or cannot
+    be created (``option``: it came from ``--out``)."""
+    name = f"--out {path}" if option else str(path)
+    if path.exists() and not path.is_dir():
+        raise bad(f"{name}: a file, not a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise bad(f"{name}: cannot create it ({exc.strerror or exc})") from None
+    return path
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (nested in dicts and lists) as None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _fmt(v: float | None) -> str:
@@ -155,7 +196,7 @@ def status(
                    "directions": [d.name.lower() for d in study.directions],
                    "best": [t.number for t in best[:1 if len(study.directions) == 1 else None]],
                    "trials": rows}
-        out.print_json(json.dumps(payload, default=str))
+        out.print_json(json.dumps(_finite(payload), default=str, allow_nan=False))
         return
     table = Table(title=f"study {study.study_name}", title_justify="left")
     names = sorted({k for r in rows for k in r["params"]})
@@ -184,13 +225,19 @@ def export(
     storage: Annotated[str | None, typer.Option(help="storage URL of a database study")] = None,
 ) -> None:
     """The best configs (or the Pareto set) as concrete YAML that build/train load."""
-    from ..search.results import export_best
+    from ..search.results import export_best, ranked
 
     study = _open(run_dir, storage)
-    paths = export_best(study, out_dir or run_dir / "export", top)
+    if not ranked(study):
+        raise bad(f"study {study.study_name!r} in {run_dir}: no complete trial to export yet")
+    target = _out_dir(out_dir or run_dir / "export", out_dir is not None)
+    try:
+        paths = export_best(study, target, top)
+    except OSError as exc:
+        raise bad(f"{exc.filename or target}: cannot write ({exc.strerror or exc})") from None
     if not paths:
-        err.print("error: no complete trial to export yet", markup=False)
-        raise typer.Exit(1)
+        raise bad(f"study {study.study_name!r} in {run_dir}: its best trials have no config "
+                  "to export (not run by atlas-search)")
     for p in paths:
         out.print(str(p), markup=False)
 
@@ -206,5 +253,9 @@ def report(
 
     study = _open(run_dir, storage)
     names = study.user_attrs.get("objectives")
-    html = write_report(study, out_dir or run_dir / "report", objective_names=names)
+    target = _out_dir(out_dir or run_dir / "report", out_dir is not None)
+    try:
+        html = write_report(study, target, objective_names=names)
+    except OSError as exc:
+        raise bad(f"{exc.filename or target}: cannot write ({exc.strerror or exc})") from None
     out.print(f"{html}\n{html.with_name('summary.md')}", markup=False)

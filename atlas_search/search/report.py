@@ -23,7 +23,6 @@ from optuna.trial import FrozenTrial, TrialState
 SUMMARY = "summary.md"
 HTML = "report.html"
 REASON_CHARS = 80
-PLACEHOLDER = "objective"
 LEGEND_MAX = 20
 """Learning curves drop the per-trial legend beyond this many trials."""
 PRUNED_NOTE = "A PRUNED trial's value is the last value it reported before it stopped."
@@ -478,13 +477,25 @@ def render_html(data: ReportData) -> str:
 # ---------------------------------------------------------------------- importances
 def objective_targets(
         objectives: list[str]) -> list[tuple[str, Callable[[FrozenTrial], float]]]:
-    """``(name, target)`` per objective, for Optuna functions that need one target."""
+    """``(name, target)`` per objective, for Optuna functions that need one target (the
+    objective's value as stored, for plots of values)."""
     return [(name, (lambda t, i=i: t.values[i])) for i, name in enumerate(objectives)]
 
 
+def importance_targets(
+        study: optuna.Study,
+        objectives: list[str]) -> list[tuple[str, Callable[[FrozenTrial], float]]]:
+    """``(name, target)`` per objective for PED-ANOVA, which takes lower targets as better
+    when given a target: a maximised objective's value is negated."""
+    signs = [-1.0 if d == StudyDirection.MAXIMIZE else 1.0 for d in study.directions]
+    return [(name, (lambda t, i=i, s=signs[i]: s * t.values[i]))
+            for i, name in enumerate(objectives)]
+
+
 def compute_importances(study: optuna.Study, objectives: list[str]) -> Importances:
-    """PED-ANOVA importances (Optuna's default evaluator) for each objective, or the reason
-    they are skipped: fewer than 2 complete trials, no parameter, or the evaluator raised."""
+    """PED-ANOVA importances (Optuna's default evaluator) of reaching the best values of
+    each objective (in its direction), or the reason they are skipped: fewer than 2
+    complete trials, no parameter, or the evaluator raised."""
     done = complete_trials(study)
     if len(done) < 2:
         return Importances(skipped=f"needs at least 2 complete trials, have {len(done)}")
@@ -493,7 +504,7 @@ def compute_importances(study: optuna.Study, objectives: list[str]) -> Importanc
     result: dict[str, dict[str, float]] = {}
     try:
         with quiet_optuna():
-            for name, target in objective_targets(objectives):
+            for name, target in importance_targets(study, objectives):
                 imp = optuna.importance.get_param_importances(study, target=target)
                 result[name] = {k: float(v) for k, v in imp.items()}
     except Exception as exc:  # noqa: BLE001  (the report never fails on importances)
@@ -612,24 +623,29 @@ def plot_history(study: optuna.Study, objectives: list[str]) -> Any:
 
 def plot_importances(study: optuna.Study, objectives: list[str],
                      importances: Importances) -> Any:
-    """Parameter importances (PED-ANOVA), one bar group per objective."""
-    from optuna.visualization import matplotlib as vm
-
+    """Parameter importances (PED-ANOVA): horizontal bars, one colour per objective, drawn
+    from the same numbers as the summary table (most important for the first objective on
+    top)."""
     require(importances.skipped is None, importances.skipped or "")
-    if len(objectives) == 1:
-        return vm.plot_param_importances(study, target_name=objectives[0])
-    axes = vm.plot_param_importances(study, target_name=PLACEHOLDER)
-    rename_legend(axes, {f"{PLACEHOLDER} {i}": name for i, name in enumerate(objectives)})
-    return axes
-
-
-def rename_legend(axes: Any, names: dict[str, str]) -> None:
-    """Replace legend labels (Optuna names objectives ``<target_name> <i>`` unless the
-    study has metric names, and the report never writes to the study)."""
-    for ax in axes_list(axes):
-        legend = ax.get_legend()
-        for text in legend.get_texts() if legend is not None else []:
-            text.set_text(names.get(text.get_text(), text.get_text()))
+    plt = pyplot()
+    header, rows = importance_rows(importances)
+    names = [row[0] for row in rows][::-1]
+    objs = header[1:]
+    _, ax = plt.subplots()
+    height = 0.8 / len(objs)
+    for j, obj in enumerate(objs):
+        values = [importances.by_objective[obj].get(p, 0.0) for p in names]
+        ys = [i + (len(objs) - 1 - 2 * j) * height / 2 for i in range(len(names))]
+        bars = ax.barh(ys, values, height=height, label=obj)
+        ax.bar_label(bars, labels=[f"{v:.2f}" if v >= 0.01 else "<0.01" for v in values],
+                     padding=2, fontsize=8)
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("importance of reaching the best values")
+    ax.set_title("Parameter importances (PED-ANOVA)")
+    ax.margins(x=0.15)
+    if len(objs) > 1:
+        ax.legend(loc="lower right")
+    return ax
 
 
 def plot_pareto(study: optuna.Study, objectives: list[str]) -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,24 +14,34 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .. import __version__
 from ..spec.yamlio import dump_yaml
-from .factory import JOURNAL, open_storage
+from .factory import JOURNAL, open_storage, shown_url
 
 
-def open_study(run_dir: Path, storage: str | None = None) -> optuna.Study:
-    """The study of ``run_dir`` (its journal file, or ``storage``; the study name is the
-    folder name when the storage holds several)."""
+def open_study(run_dir: Path, storage: str | None = None,
+               note: Callable[[str], None] | None = None) -> optuna.Study:
+    """The study of ``run_dir`` (its journal file, or ``storage``). A storage holding one
+    study opens it whatever its name (``note`` is told when that is not the folder's name:
+    a renamed or copied run folder); with several, the folder's name picks one. Reading
+    never creates anything: a journal file that does not exist is a FileNotFoundError."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     url = storage or str(run_dir / JOURNAL)
     if storage is None and not (run_dir / JOURNAL).exists():
         raise FileNotFoundError(f"{run_dir}: no {JOURNAL} here (pass --storage URL for a "
                                 "database study)")
+    if storage is not None and ("://" not in storage or storage.startswith("journal://")):
+        path = Path(storage.removeprefix("journal://"))
+        if not path.is_file():
+            raise FileNotFoundError(f"no journal at {path}")
     st = open_storage(url)
     names = [s.study_name for s in optuna.get_all_study_summaries(st)]
     if not names:
-        raise FileNotFoundError(f"{url}: holds no study")
+        raise FileNotFoundError(f"{shown_url(url)}: holds no study")
     name = names[0] if len(names) == 1 else run_dir.name
     if name not in names:
-        raise FileNotFoundError(f"{url}: no study named {name!r} (found {', '.join(names)})")
+        raise FileNotFoundError(f"{shown_url(url)}: no study named {name!r} (found "
+                                f"{', '.join(names)}); name the folder after one of them")
+    if name != run_dir.name and note is not None:
+        note(f"{shown_url(url)} holds one study, {name!r}: showing it")
     return optuna.load_study(study_name=name, storage=st)
 
 
@@ -54,7 +65,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "baseline": ua.get("enqueued"),
             "reason": ua.get("fail_reason") or ua.get("prune_reason"),
             "metrics": ua.get("metrics", {}), "step": ua.get("step"),
-            "requeued": not ua.get("final", True) if t.state == TrialState.FAIL else False,
+            "requeued": (t.state == TrialState.FAIL and not ua.get("final", True)
+                         and not ua.get("infeasible")),
         })
     return rows
 
@@ -70,11 +82,15 @@ def git_revision() -> str | None:
 
 def export_best(study: optuna.Study, out_dir: Path, top: int = 3) -> list[Path]:
     """Write the ``top`` best configs (all of the Pareto set for several objectives) as
-    concrete YAML with provenance comments, each with a ``.json`` sidecar."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    concrete YAML with provenance comments, each with a ``.json`` sidecar; nothing (not
+    even ``out_dir``) when none of them has a config. OSError when ``out_dir`` cannot
+    be created or written."""
     best = ranked(study)
     if len(study.directions) == 1:
         best = best[:top]
+    if not any(t.user_attrs.get("config") is not None for t in best):
+        return []
+    out_dir.mkdir(parents=True, exist_ok=True)
     rev = git_revision()
     names = [f"{d.name.lower()} {m}" for d, m in zip(
         study.directions, study.user_attrs.get("objectives", []) or ["value"] * 9,

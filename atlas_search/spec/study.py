@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from .base import Spec, rule_error
 
@@ -19,6 +20,17 @@ METRICS: tuple[str, ...] = (
     "mad_score",
 )
 """Metrics a study may optimise (the trainer reports them; params and state_size are static)."""
+
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+"""A study name: it names the run folder runs/NAME and the exported files."""
+
+
+def study_name_error(name: str) -> str | None:
+    """Why ``name`` cannot name a study (a path-unsafe name), or None."""
+    if STUDY_NAME.fullmatch(name):
+        return None
+    return ("a study name may use only letters, digits, '-', '_' and '.', and must not "
+            "start with '.' (it names the run folder runs/NAME)")
 
 
 class Objective(Spec):
@@ -172,6 +184,13 @@ class StudySpec(Spec):
         description="run first: preset names, or mappings of dotted parameter paths to values "
         "(optionally with 'preset')",
     )
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        if name is not None and (problem := study_name_error(name)):
+            raise ValueError(problem)
+        return name
 
     @model_validator(mode="after")
     def _rules(self) -> StudySpec:
