@@ -9,6 +9,9 @@ from pydantic import Field, field_validator, model_validator
 
 from .base import Spec, rule_error
 
+SEED_MAX = 2**32 - 1
+"""Optuna's samplers seed numpy, which takes seeds in [0, 2**32)."""
+
 METRICS: tuple[str, ...] = (
     "accuracy",
     "loss",
@@ -39,7 +42,7 @@ class Objective(Spec):
 
 
 class _Sampler(Spec):
-    seed: int | None = Field(None, description="default: the study seed")
+    seed: int | None = Field(None, ge=0, le=SEED_MAX, description="default: the study seed")
 
 
 class TPESampler(_Sampler):
@@ -148,6 +151,26 @@ class Resources(Spec):
     gpu: float = Field(0, ge=0, description="fraction of a GPU per trial (0 = CPU only)")
 
 
+def storage_url_error(url: str) -> str | None:
+    """Why ``run`` could not use storage ``url`` before connecting (None: it may): SQLite
+    breaks with parallel writers, and a URL's scheme must be ``journal://`` or a database
+    SQLAlchemy knows (the database itself is checked when ``run`` opens it)."""
+    if url.startswith("sqlite"):
+        return ("SQLite breaks with parallel writers; use the default journal file on one "
+                "machine or postgresql://... across machines")
+    if "://" not in url or url.startswith("journal://"):
+        return None
+    try:
+        from sqlalchemy.engine import make_url
+
+        make_url(url).get_dialect()
+    except Exception as exc:  # noqa: BLE001  (a URL SQLAlchemy cannot read or has no dialect for)
+        scheme = url.split("://", 1)[0]
+        return (f"unknown storage scheme {scheme!r} ({type(exc).__name__}); use a journal file "
+                "path, journal:///path or postgresql+psycopg://USER@HOST/DB")
+    return None
+
+
 class Constraints(Spec):
     """Infeasible points are rejected before any training (built on the meta device)."""
 
@@ -174,7 +197,7 @@ class StudySpec(Spec):
     storage: str | None = Field(
         None, description="Optuna storage URL; default a journal file under runs/<name>/"
     )
-    seed: int = Field(0, description=(
+    seed: int = Field(0, ge=0, le=SEED_MAX, description=(
         "study seed (sampler seed unless the sampler sets one; a resumed study seeds its "
         "sampler from this seed and its trial count)"))
     constraints: Constraints = Field(default_factory=Constraints)
@@ -191,6 +214,14 @@ class StudySpec(Spec):
         if name is not None and (problem := study_name_error(name)):
             raise ValueError(problem)
         return name
+
+    @field_validator("storage")
+    @classmethod
+    def _usable_storage(cls, url: str | None) -> str | None:
+        if url is not None and (problem := storage_url_error(url)):
+            raise ValueError(problem)
+        return url
+
 
     @model_validator(mode="after")
     def _rules(self) -> StudySpec:
