@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +12,7 @@ from rich.table import Table
 
 from ..spec import Config, Space, SpecError, load
 from ..spec.errors import dotted
+from ..spec.space import is_infinite
 from ..spec.task import MADSuiteTask
 from .app import app, bad, err, fail, out
 
@@ -54,12 +54,12 @@ def _print_space(space: Space, path: Path) -> None:
     for d in space.dims:
         when = ", ".join(f"{dotted(p)} in {v}" for p, v in d.conditions) or "-"
         size = d.dist.size()
-        table.add_row(d.name, _fmt_dist(d), "inf" if math.isinf(size) else str(int(size)), when)
+        table.add_row(d.name, _fmt_dist(d), "inf" if is_infinite(size) else str(int(size)), when)
     out.print(table)
     total, exact = space.count()
     objectives = ", ".join(f"{o.direction} {o.metric}" for o in st.objectives)
-    points = "continuous" if math.isinf(total) else f"{int(total)}"
-    if not exact and not math.isinf(total):
+    points = "continuous" if is_infinite(total) else f"{int(total)}"
+    if not exact and not is_infinite(total):
         points += " (upper bound)"
     out.print(
         f"points: {points} | objectives: {objectives} | trials: {st.n_trials}, parallel "
@@ -205,11 +205,14 @@ def build(
 ) -> None:
     """Instantiate models on CPU: parameters, recurrent state, per-layer table."""
     spec = _load(file)
-    from ..models import build_model
+    from ..models import ModelTooLarge, build_model
     from ..models.summary import summarize
 
     if isinstance(spec, Config):
-        model = build_model(spec)
+        try:
+            model = build_model(spec)
+        except ModelTooLarge as exc:
+            raise bad(f"{file}: {exc}") from None
         seq_len, said = _state_len(spec.task)
         info = summarize(model, seq_len)
         _print_config(spec, file)
@@ -236,12 +239,16 @@ def build(
         if isinstance(cfg, str):
             table.add_row(label, cfg, "-", "-", "no")
             continue
-        info = summarize(build_model(cfg), _state_len(cfg.task)[0])
-        bad = []
+        try:
+            info = summarize(build_model(cfg), _state_len(cfg.task)[0])
+        except ModelTooLarge as exc:
+            table.add_row(label, _describe(cfg), "-", "-", f"no: {exc}")
+            continue
+        broken = []
         if limits.max_params is not None and info["params"] > limits.max_params:
-            bad.append(f"params > {limits.max_params:g}")
+            broken.append(f"params > {limits.max_params:g}")
         if limits.max_state_size is not None and info["state_size"] > limits.max_state_size:
-            bad.append(f"state > {limits.max_state_size:g}")
+            broken.append(f"state > {limits.max_state_size:g}")
         table.add_row(label, _describe(cfg), f"{info['params']:,}", f"{info['state_size']:,}",
-                      "no: " + ", ".join(bad) if bad else "yes")
+                      "no: " + ", ".join(broken) if broken else "yes")
     out.print(table)

@@ -18,6 +18,7 @@ from rich.progress import (
 from rich.table import Table
 
 from ..spec import Config, SpecError, load_config
+from ..spec.load import Override
 from .app import app, bad, err, fail, out
 
 SET_HELP = "override a field: dotted.path=value (YAML value), repeatable"
@@ -28,7 +29,7 @@ checkpoint's."""
 RUNS = Path("runs")
 
 
-def _config(path: Path, overrides: list[str]) -> Config:
+def _config(path: Path, overrides: list[Override]) -> Config:
     try:
         return load_config(path, overrides)
     except SpecError as exc:
@@ -97,16 +98,21 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from the run folder's checkpoint")
                       ] = False,
     force: Annotated[bool, typer.Option(help="start over even if a checkpoint exists")] = False,
-    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads (default: all)", min=1)
+                       ] = None,
 ) -> None:
     """Train one concrete config; write config, metrics.jsonl, final.json, checkpoint.
 
     ``--resume`` continues the run folder's checkpoint and may change only
     ``train.loop.RESUMABLE`` (name, train.steps to extend the run, train.eval_every,
     train.device); other changes exit 2 naming the fields."""
+    from ..models import ModelTooLarge
     from ..train import CheckpointError, load_checkpoint
     from ..train.loop import check_resume
 
+    if resume and force:
+        raise bad("--resume and --force contradict each other: --resume continues the "
+                  "checkpoint, --force deletes it and starts over; pass one")
     cfg = _config(config, set_)
     run_dir = out_dir or RUNS / (cfg.name or config.stem)
     flag = "--out" if out_dir is not None else "run folder"
@@ -123,7 +129,7 @@ def train(
 
     if resume and ckpt.exists():  # refuse before any work: unreadable, or another run
         try:
-            check_resume(load_checkpoint(ckpt), cfg)
+            check_resume(load_checkpoint(ckpt), cfg, ckpt)
         except CheckpointError as exc:
             raise bad(str(exc)) from None
     task = _make_task(cfg, config)
@@ -149,6 +155,8 @@ def train(
                                   progress=progress, resume=resume, task=task)
         except CheckpointError as exc:
             raise bad(str(exc)) from None
+        except ModelTooLarge as exc:
+            raise bad(f"{config}: {exc}") from None
     out.print(_metrics_table(f"{cfg.name or config.stem}: {result.status} at step "
                              f"{result.step}", result.metrics))
     out.print(f"run folder: {run_dir}", markup=False)
@@ -169,7 +177,7 @@ def evaluate_cmd(
     (bf16 on CUDA unless ``train.precision: fp32``)."""
     import torch
 
-    from ..models import build_model
+    from ..models import ModelTooLarge, build_model
     from ..train import CheckpointError, load_checkpoint, load_model_state
     from ..train.evaluate import evaluate_sets
     from ..train.loop import use_autocast
@@ -192,7 +200,10 @@ def evaluate_cmd(
     except CheckpointError as exc:
         raise bad(str(exc)) from None
     task = _make_task(cfg, source)
-    model = build_model(cfg, vocab_size=task.vocab_size).to(device)
+    try:  # model.vocab_size when the config gives it, else the task's (as `train`)
+        model = build_model(cfg, device=device)
+    except ModelTooLarge as exc:
+        raise bad(f"{source}: {exc}") from None
     try:
         load_model_state(model, state, "the config with these --set changes" if set_ else
                          f"{source}")
@@ -209,6 +220,7 @@ def evaluate_cmd(
 
 
 def _run_mad(cfg: Config, run_dir: Path, threads: int | None, source: Path, flag: str) -> None:
+    from ..models import ModelTooLarge
     from ..tasks.base import TaskError
     from ..train.mad_protocol import mad_instances, run_mad
 
@@ -230,6 +242,8 @@ def _run_mad(cfg: Config, run_dir: Path, threads: int | None, source: Path, flag
             metrics = run_mad(cfg, threads=threads, run_dir=run_dir, on_run=on_run)
         except TaskError as exc:
             raise _task_error(source, exc) from None
+        except ModelTooLarge as exc:
+            raise bad(f"{source}: {exc}") from None
     _write_final(run_dir, TrainResult("completed", runs, metrics, [], None, run_dir))
     out.print(_metrics_table(f"MAD protocol ({suite.settings} settings, {runs} "
                              f"run{'s' if runs != 1 else ''})", metrics))
@@ -248,7 +262,7 @@ def mad(
     max_test: Annotated[int | None, typer.Option(min=1, help="cap test examples")] = None,
     set_: Annotated[list[str], typer.Option("--set", help=SET_HELP)] = [],  # noqa: B006
     out_dir: Annotated[Path | None, typer.Option("--out", help="run folder")] = None,
-    threads: Annotated[int | None, typer.Option(help="CPU threads")] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads", min=1)] = None,
 ) -> None:
     """Score a model with the MAD protocol: best of the lr x wd grid per task setting, mean
     over settings per task, mean over tasks."""
@@ -266,8 +280,15 @@ def mad(
         suite["max_train"] = max_train
     if max_test is not None:
         suite["max_test"] = max_test
-    overrides = [f"task={json.dumps(suite)}", *set_]  # JSON is YAML
-    cfg = _config(config, overrides)
+    for item in set_:
+        key = item.partition("=")[0].strip()
+        if key in ("task", "task.name"):
+            raise bad(f"--set {item}: `mad` always scores the MAD suite (task name mad); "
+                      "choose its tasks with --task and its settings with --settings, or "
+                      "run another task with `atlas-search train`")
+    mine = ("task=" + json.dumps(suite),  # JSON is YAML
+            f"the mad command's task ({', '.join(f'{k}: {v}' for k, v in suite.items())})")
+    cfg = _config(config, [mine, *set_])
     _run_mad(cfg, out_dir or RUNS / f"{cfg.name or config.stem}-mad", threads, config,
              "--out" if out_dir is not None else "run folder")
 

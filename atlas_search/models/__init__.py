@@ -8,7 +8,7 @@ Modules: :mod:`.gates` (alpha/eta/gamma/theta), :mod:`.memory_mixer`, :mod:`.att
 
 from .attention import AttentionMixer
 from .block import Block, build_mixer
-from .builder import build_model
+from .builder import ModelTooLarge, build_model
 from .gates import MemoryGates
 from .hybrid import MAGMixer
 from .lm import LM
@@ -17,5 +17,5 @@ from .summary import count_params, summarize
 
 __all__ = [
     "LM", "AttentionMixer", "Block", "MAGMixer", "MemoryGates", "MemoryMixer", "build_mixer",
-    "build_model", "count_params", "summarize",
+    "ModelTooLarge", "build_model", "count_params", "summarize",
 ]

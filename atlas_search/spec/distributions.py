@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from pydantic import ConfigDict, Field, model_validator
@@ -79,11 +80,18 @@ class IntRange(_Dist):
             raise ValueError(f"log: true needs lo >= 1 (got {lo})")
         if self.log and self.step != 1:
             raise ValueError("log: true cannot be combined with step != 1")
+        if (hi - lo) % self.step:  # as Optuna: the largest grid value <= hi
+            self.int_ = (lo, hi - (hi - lo) % self.step)
         return self
 
     def values(self) -> list[int]:
+        """Every value (only for small ranges: see :meth:`size`)."""
         lo, hi = self.int_
         return list(range(lo, hi + 1, self.step))
+
+    def nth(self, i: int) -> int:
+        """The ``i``-th value of the grid (0-based), without listing the others."""
+        return self.int_[0] + i * self.step
 
     def size(self) -> float:
         lo, hi = self.int_
@@ -117,17 +125,31 @@ class FloatRange(_Dist):
             raise ValueError(f"log: true needs lo > 0 (got {lo})")
         if self.log and self.step is not None:
             raise ValueError("log: true cannot be combined with step")
+        if self.step is not None:  # as Optuna: the largest grid value <= hi
+            r, q = Decimal(str(hi)) - Decimal(str(lo)), Decimal(str(self.step))
+            try:
+                if r % q != 0:
+                    self.float_ = (lo, float((r // q) * q + Decimal(str(lo))))
+            except InvalidOperation:  # over 10**28 steps: sampled as given
+                pass
         return self
 
     def values(self) -> list[float]:
+        """Every value of a stepped range (only for small ranges: see :meth:`size`)."""
         if self.step is None:
             raise ValueError("a float range without step is continuous")
-        lo, hi = self.float_
-        n = int(math.floor((hi - lo) / self.step + 1e-9)) + 1
-        return [lo + i * self.step for i in range(n)]
+        return [self.nth(i) for i in range(int(self.size()))]
+
+    def nth(self, i: int) -> float:
+        """The ``i``-th value of a stepped range (0-based), without listing the others."""
+        assert self.step is not None
+        return self.float_[0] + i * self.step
 
     def size(self) -> float:
-        return len(self.values()) if self.step is not None else math.inf
+        if self.step is None:
+            return math.inf
+        lo, hi = self.float_
+        return int(math.floor((hi - lo) / self.step + 1e-9)) + 1
 
     def contains(self, v: Any) -> bool:
         lo, hi = self.float_

@@ -4,6 +4,7 @@ located by YAML path and line, allowed values and "did you mean" hints."""
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -29,14 +30,26 @@ from .yamlio import Document, parse_text, read_document
 TOP_KEYS = ("name", "model", "task", "train", "study")
 
 
-def load(path: str | FsPath, overrides: list[str] | None = None) -> Config | Space:
+Override = str | tuple[str, str]
+"""A ``dotted.path=value`` item, or ``(item, label)`` where ``label`` names it in errors
+instead of ``--set item`` (a command's own override, such as ``mad``'s task)."""
+
+
+def load(path: str | FsPath, overrides: list[Override] | None = None) -> Config | Space:
     """Read a concrete config or a search space from a YAML file (raises SpecError).
 
     ``overrides`` are ``dotted.path=value`` strings (values in YAML syntax) applied to the
     file's data before validation, e.g. ``model.memory.window=4``."""
     doc = read_document(path)
     apply_overrides(doc, overrides or [])
-    return load_document(doc, default_name=FsPath(path).stem)
+    return load_document(doc, default_name=run_name(FsPath(path).stem))
+
+
+def run_name(stem: str) -> str:
+    """A file name stem as a valid default run ``name`` (characters outside letters,
+    digits, ``-``, ``_`` and ``.`` become ``_``; no leading dot)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")
+    return name or "run"
 
 
 def loads(text: str, source: str = "<input>", default_name: str | None = None) -> Config | Space:
@@ -44,7 +57,7 @@ def loads(text: str, source: str = "<input>", default_name: str | None = None) -
     return load_document(parse_text(text, source), default_name=default_name)
 
 
-def load_config(path: str | FsPath, overrides: list[str] | None = None) -> Config:
+def load_config(path: str | FsPath, overrides: list[Override] | None = None) -> Config:
     """Load a file that must be a concrete config (no distributions, no study)."""
     spec = load(path, overrides)
     if isinstance(spec, Space):
@@ -61,40 +74,48 @@ def load_config(path: str | FsPath, overrides: list[str] | None = None) -> Confi
     return spec
 
 
-def apply_overrides(doc: Document, overrides: list[str]) -> None:
-    """Set ``dotted.path=value`` items in ``doc.data`` (a SpecError names a bad item)."""
-    for item in overrides:
+def apply_overrides(doc: Document, overrides: list[Override]) -> None:
+    """Set ``dotted.path=value`` items in ``doc.data``; a SpecError names a bad item. An
+    item descends through mappings only (a missing or null block becomes a mapping); one
+    that would descend into a scalar or a list is refused, located at the item (a list is
+    replaced whole: ``task.test_lengths=[64, 128]``)."""
+    for entry in overrides:
+        item, label = entry if isinstance(entry, tuple) else (entry, f"--set {entry}")
         key, sep, text = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(parts):
-            raise SpecError([Issue((), f"--set {item!r}: expected dotted.path=value")],
+            raise SpecError([Issue((), "expected dotted.path=value", origin=label)],
                             doc.source)
-        value = parse_text(text or "null", f"--set {key}").data if text.strip() else None
         if not isinstance(doc.data, dict):
-            doc.data = {}
+            raise SpecError([_not_a_mapping(doc)], doc.source)
+        value = parse_text(text or "null", label).data if text.strip() else None
         node = doc.data
-        for part in parts[:-1]:
-            if not isinstance(node.get(part), dict):
+        for i, part in enumerate(parts[:-1]):
+            if node.get(part) is None:  # made by this item: errors there are located at it
                 node[part] = {}
+                doc.set_origin(tuple(parts[: i + 1]), label)
+            elif not isinstance(node[part], dict):
+                here = tuple(parts[: i + 1])
+                raise SpecError([Issue(
+                    here, f"cannot set {key.strip()}: {dotted(here)} is {_kind(node[part])}, "
+                    "not a mapping" + (" (replace the whole list instead: "
+                                       f"{dotted(here)}=[...])" if isinstance(node[part], list)
+                                       else ""), origin=label)], doc.source)
             node = node[part]
         node[parts[-1]] = value
-        doc.set_origin(tuple(parts), f"--set {item}")
+        doc.set_origin(tuple(parts), label)
+
+
+def _not_a_mapping(doc: Document) -> Issue:
+    return doc.issue(
+        (), f"expected a mapping with keys {', '.join(TOP_KEYS)}; got {type(doc.data).__name__}")
 
 
 def load_document(doc: Document, default_name: str | None = None) -> Config | Space:
     issues: list[Issue] = []
     data = doc.data
     if not isinstance(data, dict):
-        raise SpecError(
-            [
-                doc.issue(
-                    (),
-                    f"expected a mapping with keys {', '.join(TOP_KEYS)}; got "
-                    f"{type(data).__name__}",
-                )
-            ],
-            doc.source,
-        )
+        raise SpecError([_not_a_mapping(doc)], doc.source)
     for key in data:
         if key not in TOP_KEYS:
             issues.append(
@@ -109,7 +130,14 @@ def load_document(doc: Document, default_name: str | None = None) -> Config | Sp
     if isinstance(model, dict) and model.get("preset") is not None:
         name = model["preset"]
         names = preset_names()
-        if not isinstance(name, str) or name not in names:
+        if looks_like_dist(name):
+            issues.append(doc.issue(
+                ("model", "preset"), "cannot be a distribution: a preset sets many fields "
+                "at once",
+                hint="compare presets as baselines (study.enqueue: [atlas, deltanet]), or "
+                "write one file per preset"))
+            model.pop("preset")
+        elif not isinstance(name, str) or name not in names:
             issues.append(
                 doc.issue(
                     ("model", "preset"),
@@ -158,7 +186,8 @@ def load_document(doc: Document, default_name: str | None = None) -> Config | Sp
 
     if study.name is None:
         study = study.model_copy(update={"name": raw.get("name") or default_name or "study"})
-    space = Space(study=study, base=raw, dims=dims, preset_raw=preset_raw, source=doc.source)
+    space = Space(study=study, base=raw, dims=dims, preset_raw=preset_raw, source=doc.source,
+                  warnings=[d.note for d in dims if d.note])
     issues += resolve_when(space, doc)
     if issues:
         raise SpecError(issues, doc.source)
@@ -215,6 +244,12 @@ def _walk(
             if len(members) > 1 and isinstance(value, dict):
                 tag = value.get("name")
                 tags = [tag_of(m) for m in members]
+                if looks_like_dist(tag):
+                    issues.append(doc.issue(
+                        here + ("name",), f"cannot be a distribution: each {key} has its "
+                        "own fields",
+                        hint=f"write one file per {key} (allowed: {', '.join(tags)})"))
+                    continue
                 if tag is not None and tag not in tags:
                     issues.append(
                         doc.issue(
@@ -277,7 +312,13 @@ def _parse_dim(
                 iss.message = f"{label} {i + 1} ({v!r}): {iss.message}"
                 iss.line, iss.column = doc.locate(where)
                 issues.append(iss)
-    return Dimension(path=path, dist=dist) if ok else None
+    note = None
+    if dcls in (IntRange, FloatRange) and isinstance(value.get(_dist_key(dcls)), list):
+        given, used = value[_dist_key(dcls)], list(_probe_values(dist))
+        if len(given) == 2 and given[1] != used[1]:
+            note = (f"{dotted(path)}: {given[1]!r} is not on the step grid from {used[0]!r} "
+                    f"(step {dist.step!r}); the range ends at {used[1]!r}, as Optuna does")
+    return Dimension(path=path, dist=dist, note=note) if ok else None
 
 
 def _dist_key(dcls: type) -> str:
@@ -323,8 +364,10 @@ def _scalar_issue(
     ann = cls.model_fields[key].annotation
     lits = literal_values(ann)
     loc = tuple(p for p in err.get("loc", ()) if isinstance(p, int))
-    if lits is None and loc and isinstance(value, list):  # an item of a list of literals
-        lits, path, value = literal_values(list_item_type(ann)), path + loc, err.get("input")
+    if loc and isinstance(value, list):  # an item of a list: locate the item
+        path, value = path + loc, err.get("input")
+        if lits is None:
+            lits = literal_values(list_item_type(ann))
     typo = _misspelt_dist(value)
     if typo is not None:
         return doc.issue(
@@ -336,7 +379,7 @@ def _scalar_issue(
         )
     if lits is not None and err["type"] in ("literal_error", "union_tag_invalid"):
         return doc.issue(path, f"{value!r} is not allowed", hint=allowed_hint(value, lits))
-    msg = err["msg"]
+    msg = err["msg"].removeprefix("Value error, ")
     return doc.issue(
         path,
         f"{msg} (got {value!r})"
@@ -395,7 +438,8 @@ def _map_errors(
         etype = err["type"]
         if etype == "cross_field":
             ctx = err.get("ctx", {})
-            issues.append(doc.issue(path + (ctx.get("field", ""),), ctx.get("message", err["msg"])))
+            field = tuple(ctx.get("field", "").split("."))
+            issues.append(doc.issue(path + field, ctx.get("message", err["msg"])))
         elif etype == "extra_forbidden":
             opts = list(parent_cls.model_fields) if parent_cls else []
             issues.append(

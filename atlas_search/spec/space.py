@@ -21,6 +21,10 @@ from .task import reported_metrics
 
 N_PROBES = 64
 """Random points drawn by :meth:`Space.check` to find always-invalid combinations."""
+MAX_GRID = 100_000
+"""The most points a ``grid`` space may have, and the most values one dimension may have
+under ``brute_force``: both samplers list them (Optuna's GridSampler every point,
+BruteForceSampler every value of a dimension)."""
 
 
 @dataclass
@@ -30,6 +34,8 @@ class Dimension:
     path: Path
     dist: Distribution
     conditions: list[tuple[Path, list[Any]]] = field(default_factory=list)
+    note: str | None = None
+    """Said by ``validate``: e.g. a range bound moved onto the step grid."""
 
     @property
     def name(self) -> str:
@@ -56,6 +62,14 @@ def _set(data: dict, path: Path, value: Any) -> None:
     for part in path[:-1]:
         node = node.setdefault(part, {})
     node[path[-1]] = value
+
+
+class EnqueueError(ValueError):
+    """A ``study.enqueue`` entry outside the space, with the YAML path it is about."""
+
+    def __init__(self, message: str, where: Path) -> None:
+        super().__init__(message)
+        self.where = where
 
 
 @dataclass
@@ -157,7 +171,7 @@ class Space:
         """``(params, user_attrs)`` for each ``study.enqueue`` entry, for
         ``study.enqueue_trial``. Raises ValueError on a point outside the space."""
         out = []
-        for entry in self.study.enqueue:
+        for i, entry in enumerate(self.study.enqueue):
             preset = entry if isinstance(entry, str) else entry.get("preset")
             given = (
                 {} if isinstance(entry, str) else {k: v for k, v in entry.items() if k != "preset"}
@@ -181,7 +195,8 @@ class Space:
             by_name = {d.name: d for d in self.dims}
             for name in given:
                 if name not in by_name:
-                    raise ValueError(f"{name!r} is not a dimension of this space")
+                    raise EnqueueError(f"{name!r} is not a dimension of this space",
+                                       ("study", "enqueue", i, name))
             for d in self.dims:
                 if not self.active(d, values):
                     continue
@@ -197,10 +212,25 @@ class Space:
                     continue
                 if d.is_param and not d.dist.contains(v):
                     who = f"preset {preset!r}" if d.name not in given else "the point"
-                    raise ValueError(
-                        f"{who} sets {d.name} = {v!r}, outside this space's {_describe(d.dist)}"
-                    )
+                    where = ("study", "enqueue", i) + ((d.name,) if d.name in given else ())
+                    raise EnqueueError(
+                        f"{who} sets {d.name} = {v!r}, outside this space's "
+                        f"{_describe(d.dist)}", where)
                 values[d.path] = v
+            for name, v in given.items():
+                d = by_name[name]
+                if d.path not in values:  # its when: does not hold under the point's values
+                    why = "; ".join(
+                        f"{dotted(p)} is {values.get(p, self.fallback(p))!r}"
+                        + (" (the point does not set it)"
+                           if p not in values and self.dim(p) is not None else "")
+                        + f", and it applies only for {allowed}"
+                        for p, allowed in d.conditions
+                        if not any(values.get(p, self.fallback(p)) == a for a in allowed))
+                    raise EnqueueError(
+                        f"the point sets {name} = {v!r}, which does not apply under its "
+                        f"other values: {why}; set those too, or drop {name}",
+                        ("study", "enqueue", i, name))
             params = {dotted(p): v for p, v in values.items() if self.dim(p).is_param}
             attrs = {"preset": preset} if preset else {}
             label = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in given.items())
@@ -223,16 +253,29 @@ class Space:
         """Static checks: samplers that need discrete spaces, enqueue entries, and random
         probes for combinations that are always invalid (warnings when only some are)."""
         issues: list[Issue] = []
-        if self.study.sampler.name in ("grid", "brute_force"):
+        sampler = self.study.sampler.name
+        if sampler in ("grid", "brute_force"):
             for d in self.dims:
                 if isinstance(d.dist, FloatRange) and d.dist.step is None:
                     issues.append(
                         doc.issue(
                             d.path,
-                            f"sampler {self.study.sampler.name!r} needs a "
+                            f"sampler {sampler!r} needs a "
                             "discrete space: give this float range a step",
                         )
                     )
+                elif sampler == "brute_force" and d.is_param and d.dist.size() > MAX_GRID:
+                    issues.append(doc.issue(
+                        d.path, f"sampler 'brute_force' lists every value of each dimension, "
+                        f"and this one has {int(d.dist.size()):,} (limit {MAX_GRID:,}); "
+                        "give it a coarser step or use another sampler"))
+            if sampler == "grid" and not issues and self.size() > MAX_GRID:
+                big = max((d for d in self.dims if d.is_param), key=lambda d: d.dist.size())
+                issues.append(doc.issue(
+                    ("study", "sampler", "name"), f"sampler 'grid' lists every point of the "
+                    f"space, and this one has {self.size():,} (limit {MAX_GRID:,}; the "
+                    f"largest dimension is {big.name}, {int(big.dist.size()):,} values); use "
+                    "coarser steps or another sampler (random, tpe, ...)"))
         issues += self.check_objectives(doc)
         names = preset_names()
         for i, entry in enumerate(self.study.enqueue):
@@ -254,7 +297,8 @@ class Space:
                     if not isinstance(exc, ValidationError)
                     else first_error(exc)
                 )
-                issues.append(doc.issue(("study", "enqueue"), msg))
+                where = exc.where if isinstance(exc, EnqueueError) else ("study", "enqueue")
+                issues.append(doc.issue(where, msg, key=len(where) == 4))
         if issues:
             return issues
         rng = random.Random(0)
@@ -299,30 +343,40 @@ class Space:
 
     # ---------------------------------------------------------------- summaries
     def grid(self) -> dict[str, list[Any]]:
-        """All discrete values per parameter (for Optuna's GridSampler)."""
+        """All discrete values per parameter (for Optuna's GridSampler, which lists every
+        point: :meth:`check` refuses a grid space above :data:`MAX_GRID` points)."""
+        if self.size() > MAX_GRID:
+            raise ValueError(f"a grid of {self.size():,} points is too large to list "
+                             f"(limit {MAX_GRID:,})")
         return {d.name: d.dist.values() for d in self.dims if d.is_param}
 
     def count(self, limit: int = 100_000) -> tuple[float, bool]:
         """``(points, exact)``: distinct points with ``when:`` conditions applied, enumerated
         when the space is discrete and small; else the product bound of :meth:`size`."""
         bound = self.size()
-        if math.isinf(bound) or bound > limit:
+        if is_infinite(bound) or bound > limit:
             return bound, False
 
         def walk(i: int, values: dict[Path, Any]) -> int:
             if i == len(self.dims):
                 return 1
             d = self.dims[i]
-            if not d.is_param or not self.active(d, values):
+            if not self.active(d, values):
                 return walk(i + 1, values)
+            if not d.is_param:  # a `value:` dimension: later conditions may read it
+                return walk(i + 1, {**values, d.path: d.dist.value})
             return sum(walk(i + 1, {**values, d.path: v}) for v in d.dist.values())
 
         return walk(0, {}), True
 
     def size(self) -> float:
         """Number of distinct points, counting conditional dimensions as always active
-        (an upper bound); infinite when a continuous dimension exists."""
-        return math.prod(d.dist.size() for d in self.dims if d.is_param)
+        (an upper bound; an exact int, which may be huge); ``math.inf`` when a continuous
+        dimension exists."""
+        sizes = [d.dist.size() for d in self.dims if d.is_param]
+        if any(is_infinite(n) for n in sizes):
+            return math.inf
+        return math.prod(int(n) for n in sizes)
 
 
 def first_error(exc: ValidationError) -> str:
@@ -358,12 +412,31 @@ def _suggest(trial: Any, d: Dimension) -> Any:
 
 
 def _draw(dist: Distribution, rng: random.Random) -> Any:
-    if isinstance(dist, FloatRange) and dist.step is None:
+    """One random value of ``dist``, drawn without listing its values (ranges may be huge):
+    uniform on the grid of a stepped range (the same draws as ``rng.choice`` of the list),
+    log-uniform for ``log: true`` (an int range as Optuna does, rounded from
+    ``[lo - 0.5, hi + 0.5]``)."""
+    if isinstance(dist, FloatRange):
         lo, hi = dist.float_
+        if dist.step is not None:
+            return dist.nth(rng.randrange(int(dist.size())))
         return (
             math.exp(rng.uniform(math.log(lo), math.log(hi))) if dist.log else rng.uniform(lo, hi)
         )
-    return rng.choice(dist.values())
+    if isinstance(dist, IntRange):
+        lo, hi = dist.int_
+        if dist.log:
+            v = round(math.exp(rng.uniform(math.log(lo - 0.5), math.log(hi + 0.5))))
+            return min(max(v, lo), hi)
+        return dist.nth(rng.randrange(int(dist.size())))
+    if isinstance(dist, Choice):
+        return rng.choice(dist.choice)
+    return dist.value
+
+
+def is_infinite(n: float) -> bool:
+    """Whether a size is infinite (a continuous dimension); exact ints may exceed floats."""
+    return isinstance(n, float) and math.isinf(n)
 
 
 def resolve_when(space: Space, doc: Any) -> list[Issue]:

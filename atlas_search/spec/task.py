@@ -12,12 +12,13 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from .base import Spec, rule_error
+from .train import LearningRate, Seed, WeightDecay
 
 
 class _Task(Spec):
     num_train: int = Field(20000, ge=1, description="training examples")
     num_test: int = Field(1000, ge=1, description="held-out examples")
-    seed: int = Field(0, description="data seed (train and test never overlap)")
+    seed: Seed = Field(0, description="data seed (train and test never overlap)")
 
 
 class MQARTask(_Task):
@@ -248,17 +249,24 @@ class MADSuiteTask(Spec):
         default_factory=lambda: list(MAD_TASK_NAMES), min_length=1
     )
     settings: Literal["baseline", "all"] = "baseline"
-    lr_grid: list[float] = Field(default_factory=lambda: [1e-4, 5e-4, 1e-3], min_length=1)
-    wd_grid: list[float] = Field(default_factory=lambda: [0.0, 0.1], min_length=1)
+    lr_grid: list[LearningRate] = Field(default_factory=lambda: [1e-4, 5e-4, 1e-3],
+                                        min_length=1, description="each as train.lr")
+    wd_grid: list[WeightDecay] = Field(default_factory=lambda: [0.0, 0.1], min_length=1,
+                                       description="each as train.weight_decay")
     max_train: int | None = Field(None, ge=1, description="cap on training examples")
     max_test: int | None = Field(None, ge=1, description="cap on test examples")
-    seed: int = 0
+    seed: Seed = Field(0, description="data seed of every setting")
 
     @property
     def vocab_size(self) -> int:
         """Each setting builds its own model at the setting's vocabulary; this is the
         largest baseline vocabulary (for summaries)."""
         return 256
+
+    def largest_vocab_size(self) -> int:
+        """The largest vocabulary of the settings it scores (an explicit
+        ``model.vocab_size`` must hold it)."""
+        return max(fields["vocab_size"] for _, fields in self.instances())
 
     def instances(self) -> list[tuple[str, dict[str, Any]]]:
         """``(task name, spec fields)`` for every scored setting, in a fixed order."""

@@ -229,17 +229,23 @@ def parse_text(text: str, source: str = "<input>") -> Document:
 
 
 def read_document(path: str | FsPath) -> Document:
-    """Read and parse a YAML file with the size bound; missing/binary files are SpecErrors."""
+    """Read and parse a YAML file with the size bound; missing, unreadable and binary files
+    are SpecErrors."""
     p = FsPath(path)
     source = str(path)
-    if not p.exists():
-        raise SpecError([Issue((), "no such file")], source)
-    if not p.is_file():
-        raise SpecError([Issue((), "not a regular file")], source)
-    size = p.stat().st_size
-    if size > MAX_BYTES:
-        raise SpecError([Issue((), f"file is {size} bytes; the limit is {MAX_BYTES}")], source)
-    raw = p.read_bytes()
+    try:
+        if not p.exists():
+            raise SpecError([Issue((), "no such file")], source)
+        if not p.is_file():
+            raise SpecError([Issue((), "not a regular file")], source)
+        size = p.stat().st_size
+        if size > MAX_BYTES:
+            raise SpecError([Issue((), f"file is {size} bytes; the limit is {MAX_BYTES}")],
+                            source)
+        raw = p.read_bytes()
+    except OSError as exc:  # permission denied, an I/O error, a name too long, ...
+        raise SpecError([Issue((), f"cannot read the file: {exc.strerror or exc}")],
+                        source) from None
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:

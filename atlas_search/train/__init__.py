@@ -1,8 +1,14 @@
 """Training and evaluation: ``train(config)`` -> :class:`TrainResult`."""
 
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_resumable,
+    load_checkpoint,
+    load_model_state,
+    save_checkpoint,
+)
 from .evaluate import evaluate
 from .loop import TrainResult, set_threads, train
 
-__all__ = ["CheckpointError", "TrainResult", "evaluate", "load_checkpoint", "load_model_state",
-           "save_checkpoint", "set_threads", "train"]
+__all__ = ["CheckpointError", "TrainResult", "check_resumable", "evaluate", "load_checkpoint",
+           "load_model_state", "save_checkpoint", "set_threads", "train"]

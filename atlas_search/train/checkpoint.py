@@ -65,3 +65,56 @@ def load_model_state(model: nn.Module, state: dict[str, Any], what: str) -> None
         raise CheckpointError(f"the checkpoint's model does not match {what}: "
                               + "; ".join(diffs[:2]) + more)
     model.load_state_dict(saved)
+
+
+def check_resumable(state: dict[str, Any], path: Path | str) -> None:
+    """CheckpointError naming ``path`` when ``state`` lacks what resuming needs: the
+    optimizer state, the evaluation history (a list of metric dicts) and an integer step
+    (an ``eval``-only checkpoint needs just the model and step)."""
+    missing = [k for k in ("optimizer", "history") if k not in state]
+    if missing:
+        raise CheckpointError(
+            f"cannot resume from {path}: it has no {' or '.join(missing)} (a checkpoint "
+            "written by `train` holds the model, optimizer, step and history); start over "
+            "with --force")
+    step, history = state["step"], state["history"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise CheckpointError(f"cannot resume from {path}: its step {step!r} is not a "
+                              "step count")
+    if not isinstance(history, list) or not all(isinstance(h, dict) for h in history):
+        raise CheckpointError(f"cannot resume from {path}: its history is not a list of "
+                              "evaluations")
+    if not isinstance(state["optimizer"], dict):
+        raise CheckpointError(f"cannot resume from {path}: its optimizer state is not an "
+                              "optimizer state dict")
+
+
+def load_optimizer_state(opt: torch.optim.Optimizer, state: dict[str, Any],
+                         path: Path | str) -> None:
+    """Load a checkpoint's optimizer state into ``opt``; CheckpointError naming ``path``
+    when it does not fit ``opt``'s parameter groups (their number, sizes or tensor
+    shapes), e.g. a checkpoint from before a change of the AdamW groups."""
+    def refuse(why: str) -> CheckpointError:
+        return CheckpointError(
+            f"cannot resume from {path}: its optimizer state does not fit this model's AdamW "
+            f"parameter groups ({why}); start over with --force, or train into another --out "
+            "folder")
+
+    saved = state["optimizer"]
+    groups = saved.get("param_groups") if isinstance(saved, dict) else None
+    if not isinstance(groups, list) or not isinstance(saved.get("state"), dict):
+        raise refuse("no param_groups and state")
+    have = [len(g["params"]) for g in opt.param_groups]
+    got = [len(g.get("params", [])) if isinstance(g, dict) else -1 for g in groups]
+    if have != got:
+        raise refuse(f"groups of {got} parameters in the checkpoint, {have} here")
+    try:
+        opt.load_state_dict(saved)
+    except (ValueError, KeyError, TypeError, RuntimeError, IndexError) as exc:
+        raise refuse(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+    for gi, group in enumerate(opt.param_groups):
+        for pi, p in enumerate(group["params"]):
+            for key, value in opt.state.get(p, {}).items():
+                if torch.is_tensor(value) and value.dim() and value.shape != p.shape:
+                    raise refuse(f"group {gi} parameter {pi}: {key} has shape "
+                                 f"{tuple(value.shape)}, the parameter {tuple(p.shape)}")

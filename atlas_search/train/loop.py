@@ -21,7 +21,14 @@ from ..spec.config import Config
 from ..spec.yamlio import dump_yaml
 from ..tasks import Task, make_task
 from ..tasks.base import generator
-from .checkpoint import CheckpointError, load_checkpoint, load_model_state, save_checkpoint
+from .checkpoint import (
+    CheckpointError,
+    check_resumable,
+    load_checkpoint,
+    load_model_state,
+    load_optimizer_state,
+    save_checkpoint,
+)
 from .evaluate import eval_key, evaluate, evaluate_sets, scored_loss
 from .schedule import lr_factor, param_groups
 
@@ -52,7 +59,9 @@ def set_threads(n: int | None) -> None:
     oversubscribed runs were measured ~17x slower per step on 2 cores)."""
     if n is None:
         return
-    n = max(1, int(n))
+    if int(n) < 1:
+        raise ValueError(f"threads must be >= 1 (got {n})")
+    n = int(n)
     os.environ["OMP_NUM_THREADS"] = str(n)
     os.environ["MKL_NUM_THREADS"] = str(n)
     torch.set_num_threads(n)
@@ -75,10 +84,12 @@ def _leaves(data: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix: data}
 
 
-def check_resume(state: dict[str, Any], config: Config) -> None:
-    """Refuse to resume ``state`` under ``config`` when they differ outside
+def check_resume(state: dict[str, Any], config: Config, path: Path | str = CHECKPOINT) -> None:
+    """Refuse to resume ``state`` (read from ``path``) under ``config`` when it lacks what
+    resuming needs (:func:`checkpoint.check_resumable`), when they differ outside
     :data:`RESUMABLE`, or when ``train.steps`` is below the checkpoint's step
     (CheckpointError naming the fields)."""
+    check_resumable(state, path)
     saved = state.get("config")
     if isinstance(saved, dict):
         old, new = _leaves(saved), _leaves(config.model_dump(mode="json"))
@@ -180,6 +191,7 @@ def train(
     ``diverged``; non-finite floats are written to the JSON files as ``null``.
     """
     from ..models import build_model, summarize
+    from ..models.builder import allocation_failed, too_large
 
     if config.task.name == "mad":  # the MAD protocol: many runs, one score
         from .mad_protocol import report_steps, run_mad
@@ -195,8 +207,16 @@ def train(
     torch.manual_seed(spec.seed)
     task = task or make_task(config.task)
     if model is None:
-        model = build_model(config, vocab_size=task.vocab_size)
-    model.to(device)
+        if config.vocab_size() < task.vocab_size:  # validated for loaded configs
+            raise ValueError(f"model.vocab_size {config.vocab_size()} is below the task's "
+                             f"vocabulary of {task.vocab_size} tokens")
+        model = build_model(config)  # model.vocab_size when given, else the task's
+    try:
+        model.to(device)
+    except RuntimeError as exc:
+        if not allocation_failed(exc):
+            raise
+        raise too_large(config.model, config.vocab_size(), f"on {device}") from None
     summary = summarize(model, task.train.seq_len)
     opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr,
                             betas=(0.9, 0.95))
@@ -206,9 +226,9 @@ def train(
         run_dir.mkdir(parents=True, exist_ok=True)
         if resume and ckpt_path.exists():
             state = load_checkpoint(ckpt_path, device)
-            check_resume(state, config)
+            check_resume(state, config, ckpt_path)
             load_model_state(model, state, "this config")
-            opt.load_state_dict(state["optimizer"])
+            load_optimizer_state(opt, state, ckpt_path)
             start, history = state["step"], state["history"]
         else:
             clear_run(run_dir)
