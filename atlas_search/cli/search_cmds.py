@@ -7,7 +7,7 @@ import math
 import shlex
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Group
@@ -17,6 +17,7 @@ from rich.table import Table
 from rich.text import Text
 
 from ..spec import Space, SpecError, load
+from ..spec.yamlio import json_safe
 from .app import app, bad, err, fail, out
 
 RUNS = Path("runs")
@@ -162,17 +163,6 @@ def _out_dir(path: Path, option: bool) -> Path:
     return path
 
 
-def _finite(value: Any) -> Any:
-    """``value`` with every NaN or infinite float (nested in dicts and lists) as None."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def _fmt(v: float | None) -> str:
     if v is None:
         return "-"
@@ -196,7 +186,7 @@ def status(
                    "directions": [d.name.lower() for d in study.directions],
                    "best": [t.number for t in best[:1 if len(study.directions) == 1 else None]],
                    "trials": rows}
-        out.print_json(json.dumps(_finite(payload), default=str, allow_nan=False))
+        out.print_json(json.dumps(json_safe(payload), default=str, allow_nan=False))
         return
     table = Table(title=f"study {study.study_name}", title_justify="left")
     names = sorted({k for r in rows for k in r["params"]})

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from .base import Spec, rule_error
 
@@ -208,20 +208,14 @@ class StudySpec(Spec):
         "(optionally with 'preset')",
     )
 
-    @field_validator("name")
+    @field_validator("name", "storage")
     @classmethod
-    def _safe_name(cls, name: str | None) -> str | None:
-        if name is not None and (problem := study_name_error(name)):
+    def _usable(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A name that is safe as a folder name, a storage ``run`` can open."""
+        check = study_name_error if info.field_name == "name" else storage_url_error
+        if value is not None and (problem := check(value)):
             raise ValueError(problem)
-        return name
-
-    @field_validator("storage")
-    @classmethod
-    def _usable_storage(cls, url: str | None) -> str | None:
-        if url is not None and (problem := storage_url_error(url)):
-            raise ValueError(problem)
-        return url
-
+        return value
 
     @model_validator(mode="after")
     def _rules(self) -> StudySpec:

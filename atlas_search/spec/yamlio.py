@@ -8,6 +8,7 @@ non-string keys are errors. Positions are recorded per path for error messages.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path as FsPath
@@ -277,3 +278,15 @@ def dump_yaml(data: Any, header: str = "") -> str:
         data, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True
     )
     return header + body
+
+
+def json_safe(data: Any) -> Any:
+    """``data`` with every NaN or infinite float (nested in dicts, lists and tuples) as
+    ``None``: JSON has no NaN or infinity."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: json_safe(v) for k, v in data.items()}
+    if isinstance(data, list | tuple):
+        return [json_safe(v) for v in data]
+    return data

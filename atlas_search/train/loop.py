@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from ..spec.config import Config
-from ..spec.yamlio import dump_yaml
+from ..spec.yamlio import dump_yaml, json_safe
 from ..tasks import Task, make_task
 from ..tasks.base import generator
 from .checkpoint import (
@@ -124,17 +124,6 @@ def clear_run(run_dir: Path) -> None:
     for sub in run_dir.iterdir():
         if sub.is_dir() and not sub.is_symlink() and SUBRUN.fullmatch(sub.name):
             shutil.rmtree(sub)
-
-
-def json_safe(data: Any) -> Any:
-    """``data`` with every non-finite float replaced by ``None`` (JSON has no NaN/inf)."""
-    if isinstance(data, float):
-        return data if math.isfinite(data) else None
-    if isinstance(data, dict):
-        return {k: json_safe(v) for k, v in data.items()}
-    if isinstance(data, list | tuple):
-        return [json_safe(v) for v in data]
-    return data
 
 
 def _dumps(data: Any, indent: int | None = None) -> str:
