@@ -122,6 +122,20 @@ def test_an_exhausted_grid_ends_cleanly_and_a_rerun_at_once(cli, tmp_path, fake_
     assert len(jobs) == 2 and len(open_study(tmp_path / "g").trials) == 2  # nothing asked
 
 
+@pytest.mark.parametrize("sampler", ["grid", "brute_force"])
+def test_a_grid_with_every_point_in_flight_is_not_asked_again(cli, tmp_path, fake_trials,
+                                                             sampler):
+    """parallel > points left: Optuna's samplers would hand out a running point again."""
+    path = write_space(tmp_path, "gp", n=5, sampler=f"{{name: {sampler}, seed: 0}}")
+    jobs = fake_trials()
+    res = cli("run", path, "--inline", "--runs", tmp_path, "--parallel", "3")
+    assert res.exit_code == 0, res.output
+    assert "exhausted after 2 trials" in res.stdout
+    trials = open_study(tmp_path / "gp").trials
+    assert len(trials) == 2 and len(jobs) == 2
+    assert sorted(t.params["train.lr"] for t in trials) == [1e-6, 3e-3]
+
+
 # ---------------------------------------------------------------------- H2 importances
 def _decided_study(direction: str) -> optuna.Study:
     """Only ``top`` decides the best values (in ``direction``); only ``bottom`` decides the

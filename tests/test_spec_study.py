@@ -34,3 +34,18 @@ def test_usable_storage_and_seed_pass(tmp_path, cli, field):
     path.write_text(SPACE.format(field=field))
     res = cli("validate", path)
     assert res.exit_code == 0, res.output + res.stderr
+
+
+def test_a_study_name_leaves_room_for_its_trials_run_names():
+    from atlas_search.spec import loads
+    from atlas_search.spec.config import Config
+    from atlas_search.spec.load import run_name
+    from atlas_search.spec.study import study_name_error
+
+    assert study_name_error("s" * 100) is None
+    assert "at most 100" in study_name_error("s" * 101)
+    Config(name="s" * 100 + "-123456")  # a trial's run name stays valid
+    assert run_name("x" * 300) == "x" * 100
+    space = loads("study: {n_trials: 2}\nmodel: {memory: {window: {choice: [1, 2]}}}\n",
+                  default_name=run_name("y" * 300))
+    assert space.study.name == "y" * 100

@@ -206,12 +206,37 @@ model: {preset: deltanet, d_model: 16, n_layers: 1, n_heads: 2}
     run = tmp_path / "mad"
     for name in (subrun_name(7, "in_context_recall", 1e-4, 0.1), "03-memorization-lr1e-05-wd0"):
         (run / name).mkdir(parents=True)
-    (run / "checkpoint.pt").write_text("old")
+    (run / "final.json").write_text("{}")
+    for mine in ("checkpoint.pt", "config.yaml", "metrics.jsonl"):  # not the protocol's
+        (run / mine).write_text("mine")
     (run / "keep").mkdir()
     monkeypatch.setattr(loop, "train", lambda config, **kw: TrainResult(
         "completed", 2, {"accuracy": 0.5}))
     run_mad(cfg, run_dir=run)
-    assert sorted(p.name for p in run.iterdir()) == ["keep"]
+    assert sorted(p.name for p in run.iterdir()) == [
+        "checkpoint.pt", "config.yaml", "keep", "metrics.jsonl"]
+
+
+MAD = """task: {name: mad, tasks: [memorization], lr_grid: [1.0e-3], wd_grid: [0.0],
+       max_train: 50, max_test: 16}
+train: {steps: 2, batch_size: 4, warmup: 0, eval_every: 2}
+model: {preset: deltanet, d_model: 16, n_layers: 1, n_heads: 2}
+"""
+
+
+def test_mad_never_runs_over_a_training_run_or_resumes(tmp_path, cli):
+    run = tmp_path / "exp"
+    run.mkdir()
+    (run / "config.yaml").write_text(TINY)
+    (run / "checkpoint.pt").write_text("a training run's")
+    res = cli("mad", run / "config.yaml", "--out", run, "--max-train", "50")
+    assert res.exit_code == 2 and "holds a training run" in res.stderr, res.output
+    assert sorted(p.name for p in run.iterdir()) == ["checkpoint.pt", "config.yaml"]
+    mad = tmp_path / "mad.yaml"
+    mad.write_text(MAD)
+    res = cli("train", mad, "--out", run, "--resume")
+    assert res.exit_code == 2 and "cannot be resumed" in res.stderr, res.output
+    assert (run / "checkpoint.pt").read_text() == "a training run's"
 
 
 # ---------------------------------------------------------------- 5: autocast
@@ -253,3 +278,18 @@ def test_train_and_eval_both_evaluate_under_that_rule(tmp_path, cli, monkeypatch
     res = cli("eval", run, "--json")
     assert res.exit_code == 0, res.output
     assert asked == [("cpu", "auto")] * 2 and used == [True, True]
+
+
+def test_eval_json_writes_null_for_a_nan_loss(tmp_path, cli, monkeypatch):
+    import importlib
+
+    ev_mod = importlib.import_module("atlas_search.train.evaluate")
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(TINY.replace("steps: 3", "steps: 2"))
+    run = tmp_path / "run"
+    assert cli("train", cfg, "--out", run, "--threads", "1").exit_code == 0
+    monkeypatch.setattr(ev_mod, "evaluate", lambda *a, **k: {"loss": float("nan"),
+                                                             "accuracy": 0.0})
+    res = cli("eval", run, "--json")
+    assert res.exit_code == 0, res.output
+    assert _strict_json(res.stdout)["evals"]["test"] == {"loss": None, "accuracy": 0.0}

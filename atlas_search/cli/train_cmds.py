@@ -123,6 +123,13 @@ def train(
         raise bad(f"{run_dir} already holds a checkpoint; pass --resume to continue it or "
                    "--force to start over")
     if cfg.task.name == "mad":
+        if resume:
+            raise bad(f"{config}: a MAD run cannot be resumed (it trains every setting "
+                      "afresh); pass --force to start it over")
+        if force:
+            from ..train.loop import CHECKPOINT, clear_run
+
+            clear_run(run_dir, names=(CHECKPOINT, "final.json", "metrics.jsonl"))
         _run_mad(cfg, run_dir, threads, config, flag)
         return
     from ..train import train as run_training
@@ -213,7 +220,10 @@ def evaluate_cmd(
         results = evaluate_sets(model, task, batch_size=cfg.train.batch_size, device=device,
                                 autocast=use_autocast(device, cfg.train.precision))
     if as_json:
-        out.print_json(json.dumps({"step": state["step"], "evals": results}))
+        from ..spec.yamlio import json_safe
+
+        out.print_json(json.dumps(json_safe({"step": state["step"], "evals": results}),
+                                  allow_nan=False))
         return
     for name, metrics in results.items():
         out.print(_metrics_table(f"{name} (checkpoint step {state['step']})", metrics))
@@ -289,6 +299,9 @@ def mad(
     mine = ("task=" + json.dumps(suite),  # JSON is YAML
             f"the mad command's task ({', '.join(f'{k}: {v}' for k, v in suite.items())})")
     cfg = _config(config, [mine, *set_])
-    _run_mad(cfg, out_dir or RUNS / f"{cfg.name or config.stem}-mad", threads, config,
-             "--out" if out_dir is not None else "run folder")
+    run_dir = out_dir or RUNS / f"{cfg.name or config.stem}-mad"
+    if (run_dir / "checkpoint.pt").exists():
+        raise bad(f"{run_dir} holds a training run (checkpoint.pt); a MAD run there would "
+                  "replace its results: choose another --out")
+    _run_mad(cfg, run_dir, threads, config, "--out" if out_dir is not None else "run folder")
 

@@ -526,8 +526,26 @@ class Driver:
             return False
         if deadline is not None and time.time() >= deadline:
             return False
-        return not self.exhausted or bool(
-            self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+        if self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+            return True
+        return not (self.exhausted or self._points_taken())
+
+    def _points_taken(self) -> bool:
+        """Whether a grid or brute-force sampler has no point left that is neither finished
+        nor running: asking then would run a running point again (Optuna's samplers hand
+        out unfinished points once every point has started), so the driver waits for its
+        trials in flight instead."""
+        sampler = self.study.sampler
+        if not isinstance(sampler, optuna.samplers.GridSampler):
+            return self.sampler_exhausted()  # brute force counts running points as taken
+        try:
+            taken = {t.system_attrs["grid_id"] for t in self.study.get_trials(deepcopy=False)
+                     if "grid_id" in t.system_attrs
+                     and (t.state.is_finished() or t.state == TrialState.RUNNING)
+                     and sampler._same_search_space(t.system_attrs["search_space"])}
+            return len(taken) >= sampler._n_min_trials
+        except (AttributeError, KeyError, TypeError):
+            return False  # another Optuna: the sampler decides
 
     def run(self) -> Progress:
         """Run until ``n_trials`` trials are finished (or the timeout: ``--timeout`` if
@@ -608,11 +626,14 @@ class Driver:
                 beater.join(timeout=30)
             executor.shutdown()
             self._retire()
+        what = "grid" if self.spec.sampler.name == "grid" else "brute-force space"
         if self.exhausted and self.progress.stopped is None:
             tried = sum(t.state.is_finished() for t in self.study.get_trials(deepcopy=False))
-            what = "grid" if self.spec.sampler.name == "grid" else "brute-force space"
             self.progress.stopped = (f"{what} exhausted after {tried} trials: every point of "
                                      "the space has been tried")
+        elif self.progress.stopped is None and self._points_taken():
+            self.progress.stopped = (f"every point of the {what} left is running in another "
+                                     "driver")
         self._update()
         return self.progress
 

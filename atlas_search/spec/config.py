@@ -9,7 +9,7 @@ from pydantic import AfterValidator, Field, WithJsonSchema, model_validator
 
 from .base import Spec, rule_error
 from .model import ModelSpec
-from .task import MADSuiteTask, MQARTask, TaskSpec
+from .task import MQARTask, TaskSpec
 from .train import TrainSpec
 
 NAME_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}$"
@@ -39,7 +39,7 @@ class Config(Spec):
 
     @model_validator(mode="after")
     def _rules(self) -> Config:
-        given, need = self.model.vocab_size, task_vocab_size(self.task)
+        given, need = self.model.vocab_size, self.task.vocab_size
         if given is not None and given < need:
             raise rule_error(
                 "model.vocab_size",
@@ -49,12 +49,8 @@ class Config(Spec):
 
     def vocab_size(self) -> int:
         """The model's vocabulary: explicit (validated to hold the task's), else the
-        task's. ``build``, ``train``, ``eval`` and the search all build at this size."""
+        task's. ``build``, ``train``, ``eval`` and the search all build at this size (the MAD
+        suite's is its largest setting's; each of its trainings builds at its own setting's
+        vocabulary unless ``model.vocab_size`` is given)."""
         return self.model.vocab_size or self.task.vocab_size
 
-
-def task_vocab_size(task: object) -> int:
-    """The vocabulary a model for ``task`` needs (the MAD suite: its largest setting's)."""
-    if isinstance(task, MADSuiteTask):
-        return task.largest_vocab_size()
-    return task.vocab_size  # type: ignore[attr-defined]

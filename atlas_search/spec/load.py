@@ -47,8 +47,9 @@ def load(path: str | FsPath, overrides: list[Override] | None = None) -> Config 
 
 def run_name(stem: str) -> str:
     """A file name stem as a valid default run ``name`` (characters outside letters,
-    digits, ``-``, ``_`` and ``.`` become ``_``; no leading dot)."""
-    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")
+    digits, ``-``, ``_`` and ``.`` become ``_``; no leading dot; at most 100 characters,
+    so that it is a valid study name too)."""
+    name = re.sub(r"[^A-Za-z0-9._-]", "_", stem).lstrip(".")[:100]
     return name or "run"
 
 

@@ -24,16 +24,18 @@ METRICS: tuple[str, ...] = (
 )
 """Metrics a study may optimise (the trainer reports them; params and state_size are static)."""
 
-STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
-"""A study name: it names the run folder runs/NAME and the exported files."""
+STUDY_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,99}")
+"""A study name: it names the run folder runs/NAME and the exported files; at most 100
+characters, so its trials' run names ``NAME-<number>`` stay within a run name's 128."""
 
 
 def study_name_error(name: str) -> str | None:
     """Why ``name`` cannot name a study (a path-unsafe name), or None."""
     if STUDY_NAME.fullmatch(name):
         return None
-    return ("a study name may use only letters, digits, '-', '_' and '.', and must not "
-            "start with '.' (it names the run folder runs/NAME)")
+    return ("a study name may use only letters, digits, '-', '_' and '.', must not start "
+            "with '.' and has at most 100 characters (it names the run folder runs/NAME and "
+            "its trials NAME-<number>)")
 
 
 class Objective(Spec):

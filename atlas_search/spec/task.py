@@ -259,13 +259,9 @@ class MADSuiteTask(Spec):
 
     @property
     def vocab_size(self) -> int:
-        """Each setting builds its own model at the setting's vocabulary; this is the
-        largest baseline vocabulary (for summaries)."""
-        return 256
-
-    def largest_vocab_size(self) -> int:
-        """The largest vocabulary of the settings it scores (an explicit
-        ``model.vocab_size`` must hold it)."""
+        """The largest vocabulary of the settings it scores: each setting trains its own
+        model at its own vocabulary (or ``model.vocab_size``, which must hold this one);
+        ``build`` and the search's size constraints measure the largest of them."""
         return max(fields["vocab_size"] for _, fields in self.instances())
 
     def instances(self) -> list[tuple[str, dict[str, Any]]]:

@@ -111,15 +111,16 @@ def use_autocast(device: torch.device, precision: str) -> bool:
     return device.type == "cuda" and precision in ("auto", "bf16")
 
 
-def clear_run(run_dir: Path) -> None:
+def clear_run(run_dir: Path, names: tuple[str, ...] = RUN_FILES) -> None:
     """Remove what an earlier run left in ``run_dir`` before a run starts over there (not
-    on resume): :data:`RUN_FILES` and the MAD protocol's per-training subfolders, so that
-    no old checkpoint or final.json outlives a new config. Other files stay."""
+    on resume): the files ``names`` (default :data:`RUN_FILES`) and the MAD protocol's
+    per-training subfolders, so that no old checkpoint or final.json outlives a new config.
+    Other files stay."""
     from .mad_protocol import SUBRUN
 
     if not run_dir.is_dir():
         return
-    for name in RUN_FILES:
+    for name in names:
         (run_dir / name).unlink(missing_ok=True)
     for sub in run_dir.iterdir():
         if sub.is_dir() and not sub.is_symlink() and SUBRUN.fullmatch(sub.name):

@@ -37,8 +37,9 @@ def run_mad(config: Config, *, threads: int | None = None, report: Report | None
     called after instance ``i`` (1-based) with ``m["mad_score"]`` = that instance's score
     (best accuracy over the grid), the step semantics WilcoxonPruner expects. Returns
     ``mad_score``, ``score/<task>`` per task and the model's size. The protocol always
-    starts over: what an earlier run left in ``run_dir`` (its subfolders, final.json, a
-    checkpoint) is removed first (:func:`loop.clear_run`)."""
+    starts over: what an earlier MAD run left in ``run_dir`` (its subfolders and
+    final.json) is removed first (:func:`loop.clear_run`); other files, a training run's
+    checkpoint or a config among them, stay (the CLI refuses such a folder)."""
     from .loop import clear_run, train
 
     suite = config.task
@@ -47,7 +48,7 @@ def run_mad(config: Config, *, threads: int | None = None, report: Report | None
     per_task: dict[str, list[float]] = {}
     last: dict[str, float] = {}
     if run_dir is not None:
-        clear_run(run_dir)
+        clear_run(run_dir, names=("final.json",))
     for i, (name, fields) in enumerate(mad_instances(suite), 1):
         task = adapter.validate_python({"name": name, **fields})
         best = 0.0
