@@ -49,3 +49,26 @@ def test_a_study_name_leaves_room_for_its_trials_run_names():
     space = loads("study: {n_trials: 2}\nmodel: {memory: {window: {choice: [1, 2]}}}\n",
                   default_name=run_name("y" * 300))
     assert space.study.name == "y" * 100
+
+
+def test_a_preset_leaves_the_fields_its_model_ignores_to_the_sampler():
+    """An attention preset pins no memory field, a model without SWA no SWA width; a field
+    the preset's model uses is still checked against the space."""
+    from atlas_search.spec import SpecError, loads
+
+    text = """study: {{name: enq, n_trials: 3, enqueue: [{presets}]}}
+task: {{name: mqar, vocab_size: 64, seq_len: 32, num_kv_pairs: 2, num_train: 100, num_test: 16}}
+model:
+  d_model: 16
+  n_heads: 2
+  swa_window: {{choice: [16, 32]}}
+  memory:
+    window: {{choice: [{windows}]}}
+"""
+    space = loads(text.format(presets="transformer, deltanet, swa", windows="1, 4"))
+    params = [p for p, _ in space.enqueue_points()]
+    assert params[0] == {}  # transformer: neither the memory nor the SWA width
+    assert params[1] == {"model.memory.window": 1}  # deltanet: its window, no SWA width
+    assert params[2] == {"model.swa_window": 32}  # swa: its width, no memory field
+    with pytest.raises(SpecError, match="preset 'deltanet' sets model.memory.window = 1"):
+        loads(text.format(presets="deltanet", windows="2, 4"))

@@ -64,6 +64,17 @@ def _set(data: dict, path: Path, value: Any) -> None:
     node[path[-1]] = value
 
 
+def _unused(model: dict[str, Any], path: Path) -> bool:
+    """Whether a model (a dumped ``ModelSpec``) ignores the field at ``path``: the memory
+    block of a model without a memory mixer, the SWA width of one without SWA. An enqueued
+    preset leaves such a field to the sampler instead of pinning its default."""
+    if path[1] == "memory":
+        return model["mixer"] != "memory"
+    if path[1] == "swa_window":
+        return model["mixer"] != "swa" and model["mixing"] == "none"
+    return False
+
+
 class EnqueueError(ValueError):
     """A ``study.enqueue`` entry outside the space, with the YAML path it is about."""
 
@@ -207,6 +218,8 @@ class Space:
                     and d.path[0] == "model"
                     and d.path[1] not in SIZE_FIELDS
                 ):
+                    if _unused(preset_full["model"], d.path):
+                        continue  # a field the preset's model ignores: the sampler's
                     _, v = _get(preset_full, d.path)
                 else:
                     continue
