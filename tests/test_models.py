@@ -381,8 +381,9 @@ def test_variant_recurrent_and_grads(case):
 # ----------------------------------------------------------------------------- summary
 
 
-def _state_floats(state) -> int:
-    """Per-batch floats held by a recurrent state, skipping the op's chunk anchor."""
+def _state_floats(state, anchor: bool = False) -> int:
+    """Per-batch floats held by a recurrent state; the op's chunk anchor only when
+    ``anchor`` (needed to continue mid-chunk with the l2 objective)."""
     if state is None or isinstance(state, int):
         return 0
     if isinstance(state, torch.Tensor):
@@ -390,11 +391,11 @@ def _state_floats(state) -> int:
     if isinstance(state, (list, tuple)):
         fields = getattr(state, "_fields", None)
         items = (
-            [v for f, v in zip(fields, state, strict=True) if f != "anchor"]
+            [v for f, v in zip(fields, state, strict=True) if anchor or f != "anchor"]
             if fields
             else list(state)
         )
-        return sum(_state_floats(v) for v in items)
+        return sum(_state_floats(v, anchor) for v in items)
     raise TypeError(type(state))
 
 
@@ -419,15 +420,16 @@ def test_summary_state_attention(seq_len):
 
 
 def test_summary_state_linear_memory():
+    """At a chunk boundary (48 = 3 x 16): no anchor (see the anchor test)."""
     h, dh, layers = 2, 8, 2
     gd = build_model(spec(memory=dict(window=1)), vocab_size=8)
-    assert summarize(gd, 50)["state_size"] == layers * (h * dh * dh + 3 * 3 * h * dh)
+    assert summarize(gd, 48)["state_size"] == layers * (h * dh * dh + 3 * 3 * h * dh)
     mom = build_model(spec(short_conv=0, memory=dict(window=3, optimizer="momentum")), vocab_size=8)
     expect = layers * h * (2 * dh * dh + 2 * (dh + dh + 1))  # M, S, halo of c-1 (k, v, gamma)
-    assert summarize(mom, 50)["state_size"] == expect
+    assert summarize(mom, 48)["state_size"] == expect
     poly = build_model(spec(memory=dict(feature_map="poly", poly_degree=2)), vocab_size=8)
     fdim = math.comb(dh + 2, 2)
-    assert summarize(poly, 50)["state_size"] == layers * (h * fdim * dh + 3 * 3 * h * dh)
+    assert summarize(poly, 48)["state_size"] == layers * (h * fdim * dh + 3 * 3 * h * dh)
 
 
 @pytest.mark.parametrize(
@@ -452,7 +454,33 @@ def test_summary_state_matches_cache(name):
         }
     )
     model = build_model(s, vocab_size=16)
-    seq_len, b = 11, 2
+    seq_len, b = 11, 2  # mid-chunk: the l2 objective needs its anchor to continue
     with torch.no_grad():
         _, cache = model.forward_chunk(torch.randint(0, 16, (b, seq_len)), model.init_cache(b))
-    assert _state_floats(cache) == b * summarize(model, seq_len)["state_size"]
+    anchor = s.mixer == "memory" and s.memory.objective == "l2"
+    assert _state_floats(cache, anchor) == b * summarize(model, seq_len)["state_size"]
+
+
+@pytest.mark.parametrize(("objective", "kind"), [("l2", "linear"), ("l2", "mlp"),
+                                                 ("dot", "linear")])
+def test_state_size_counts_the_anchor_off_a_chunk_boundary(objective, kind):
+    """Continuing mid-chunk with the l2 objective needs the memory at the chunk start (the
+    chunk's remaining gradients are taken there); on a boundary, or for dot, it does not."""
+    m = build_model(spec(memory=dict(kind=kind, objective=objective, chunk_size=4)),
+                    vocab_size=8)
+    mixer = m.blocks[0].mixer
+    on, off = mixer.state_size(8), mixer.state_size(9)
+    fast = sum(p.numel() for n, p in mixer.named_parameters() if "memory_weights" in n)
+    anchor = (mixer.n_heads * mixer.fdim * mixer.head_dim if kind == "linear" else fast)
+    assert off - on == (anchor if objective == "l2" else 0)
+    assert anchor > 0
+
+
+def test_fixed_retention_stays_finite_for_many_heads():
+    m = build_model(spec(d_model=128, n_heads=64, memory=dict(retention="fixed")),
+                    vocab_size=8)
+    logit = m.blocks[0].mixer.gates.alpha_logit.detach().double()
+    assert torch.isfinite(logit).all()
+    h = torch.arange(64, dtype=torch.float64)
+    want = 1.0 - 2.0 ** (-5.0 - h)
+    assert torch.allclose(torch.sigmoid(logit)[:20], want[:20], rtol=0, atol=1e-7)

@@ -77,8 +77,9 @@ class MemoryGates(nn.Module):
             self.proj.bias.copy_(bias)
         if mem.retention == "fixed":
             h = torch.arange(n_heads, dtype=torch.float64)
-            decay = 1.0 - 2.0 ** (-5.0 - h)
-            self.alpha_logit = nn.Parameter(torch.log(decay / (1.0 - decay)).float())
+            # logit(1 - 2^(-5-h)) in a form that stays finite for any h (1 - 2^-54 == 1)
+            logit = torch.log1p(-(2.0 ** (-5.0 - h))) + (5.0 + h) * math.log(2.0)
+            self.alpha_logit = nn.Parameter(logit.float())
 
     def forward(self, x: Tensor) -> Gates:
         b, t, _ = x.shape

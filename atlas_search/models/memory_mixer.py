@@ -25,7 +25,10 @@ Gates: :mod:`.gates`. No ``no_grad`` anywhere: gradients reach projections, conv
 
 Recurrent path: :meth:`MemoryMixer.forward_chunk` continues a :class:`MemoryState` (conv
 buffer + op state); the exp kernel has no fixed-size state, so the state keeps the whole
-prefix of ``phi(q), k, v`` and gates and recomputes (O(T^2) per step, like attention).
+prefix of ``phi(q), k, v`` and gates and recomputes the read-out over it at each step
+(O(T) per token like attention with a KV cache, but recomputed from the prefix, so that
+``state_size``'s ``2 Dh`` per token undercounts what it holds: the prefix of ``phi(q)``
+too).
 """
 
 from __future__ import annotations
@@ -205,7 +208,10 @@ class MemoryMixer(QKVMixer):
         Explicit memory: per head the op's fixed state (``M``, plus ``S`` for momentum/muon;
         for deep memory every fast-weight matrix) plus the window halo ``(c-1)(F+Dh+1)``
         (keys, values, gamma of the last ``c-1`` tokens); with ``normalize`` the extra
-        value column (muon: a second state). Exp kernel: the prefix, per head
+        value column (muon: a second state); with the ``l2`` objective, when ``seq_len`` is
+        not a multiple of the chunk, the anchor (the memory at the chunk start, where the
+        chunk's remaining gradients are taken: ``M``, or every fast-weight matrix). Exp
+        kernel: the prefix, per head
         ``seq_len * (Dh + Dh)`` (keys and dual coefficients; ``+ seq_len * Dh`` momentum).
         Plus the conv buffer ``(K-1) * 3 * H * Dh``.
         """
@@ -227,6 +233,8 @@ class MemoryMixer(QKVMixer):
             shapes = deep_memory_shapes(fdim, dh, mem.kind, mem.depth, mem.expansion)
             n = sum(a * c for a, c in shapes)
             fixed = n * (1 if mem.optimizer == "gd" else 2)
+        if mem.objective == "l2" and seq_len % mem.chunk_size:
+            fixed += fdim * dh if mem.kind == "linear" else n
         return h * (fixed + halo) + conv
 
     def describe(self) -> str:

@@ -7,11 +7,11 @@ from torch import Tensor, nn
 
 
 class RMSNorm(nn.Module):
-    """``x / rms(x) * w`` over the last ``len(shape)`` dims; computed in >= float32.
+    """``x / rms(x) * w``, the rms over the last dim only; computed in >= float32.
 
-    ``shape`` is the normalised trailing shape, e.g. ``d_model`` or ``(n_heads, head_dim)``
-    with ``per_head=True``: then each head is normalised over its own ``head_dim`` channels
-    and every (head, channel) has its own gain.
+    ``shape`` is the gain's trailing shape, e.g. ``d_model``, or ``(n_heads, head_dim)`` for
+    ``x`` of shape ``[..., n_heads, head_dim]``: then each head is normalised over its own
+    ``head_dim`` channels and every (head, channel) has its own gain.
     """
 
     def __init__(self, shape: int | tuple[int, ...], eps: float = 1e-6) -> None:
