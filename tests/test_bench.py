@@ -101,6 +101,29 @@ def test_bench_bad_options_exit_2(cli):
         assert "Traceback" not in res.output
 
 
+def test_bench_bad_outputs_and_profile_exit_2_before_timing(cli, tmp_path, monkeypatch):
+    """Checked before any cell is timed (run_bench would fail the test)."""
+    from atlas_search.bench import kernels_speed as ks
+
+    def never(*a, **k):
+        raise AssertionError("timed although an option was bad")
+
+    monkeypatch.setattr(ks, "run_bench", never)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for args, where, text in (
+            (["--json", tmp_path], "--json", "is a folder"),
+            (["--json", afile / "x.json"], "--json", "afile is a file"),
+            (["--out", afile], "--out", "is a file"),
+            (["--profile-T", "999"], "--profile-T", "not one of the timed T"),
+            (["--T", ""], "--T", "no value given")):
+        res = cli("bench", "--quick", "--device", "cpu", *args)
+        assert res.exit_code == 2, (args, res.output)
+        assert f"error: {where}" in res.stderr and text in res.stderr, res.stderr
+        assert "Traceback" not in res.output
+    assert afile.read_text() == "x"
+
+
 @pytest.mark.skipif(CUDA, reason="checks the no-CUDA path")
 def test_gpu_check_without_cuda_exits_2(cli, tmp_path):
     res = cli("bench", "--gpu-check", "--out", tmp_path / "g")

@@ -28,10 +28,35 @@ def _ints(option: str, values: list[str], minimum: int = 1) -> tuple[int, ...] |
             found += parse_sizes(v)
         except ValueError as exc:
             raise _bad(option, str(exc)) from None
+    if values and not found:
+        raise _bad(option, "no value given")
     for n in found:
         if n < minimum:
             raise _bad(option, f"{n} is below {minimum}")
     return tuple(dict.fromkeys(found)) or None
+
+
+def _out_folder(option: str, path: Path | None) -> None:
+    """Exit(2) before any timing when ``path`` cannot be the output folder."""
+    if path is None:
+        return
+    if path.exists() and not path.is_dir():
+        raise _bad(option, f"{path} is a file; give a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _bad(option, f"cannot make {path}: {exc.strerror or exc}") from None
+
+
+def _out_file(option: str, path: Path | None) -> None:
+    """Exit(2) before any timing when ``path`` cannot be written as a file."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise _bad(option, f"{path} is a folder; give a file name")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise _bad(option, f"cannot write {path}: {path.parent} is a file")
+    _out_folder(option, path.parent)
 
 
 def _positive(option: str, value: int | float | None, minimum: float = 1) -> None:
@@ -129,6 +154,8 @@ def bench(
     if dtype != "auto" and dtype not in ks.DTYPES:
         raise _bad("--dtype", f"must be auto or one of {', '.join(ks.DTYPES)}, got {dtype!r}")
 
+    _out_folder("--out", out_dir)
+    _out_file("--json", json_file)
     if gpu_check:
         from ..bench import gpu_check as gc
 
@@ -159,6 +186,14 @@ def bench(
         warmup=warmup, max_ref_t=max_ref_t, budget_s=budget_s)
     if profile_t is not None:
         settings = replace(settings, profile_t=profile_t or None)
+    if settings.profile_t and settings.profile_t not in settings.ts:
+        timed = ", ".join(map(str, settings.ts))
+        if profile_t:
+            raise _bad("--profile-T", f"{profile_t} is not one of the timed T ({timed}); the "
+                       "profile reruns a timed cell")
+        out.print(f"no kernel profile: its default T = {settings.profile_t} is not one of the "
+                  f"timed T ({timed}); pass --profile-T", markup=False)
+        settings = replace(settings, profile_t=None)
     fla = None
     if device == "cuda":
         from ..bench.gpu_check import prepare_fla
