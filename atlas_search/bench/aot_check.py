@@ -47,6 +47,8 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, replace
 
+from .cli_args import check_out, dedupe, int_in, positive_int
+
 KERNELS = ("states", "out", "bwd_local", "bwd_dh", "bwd_dv", "bwd_dqk", "coef_fwd", "coef_bwd")
 COEF = ("coef_fwd", "coef_bwd")  # gd only, no autotuning (omega_triton.PLAIN_WARPS)
 SMEM_LIMIT = {80: 166912, 86: 101376, 89: 101376, 90: 232448}  # bytes per block (opt-in max)
@@ -326,18 +328,32 @@ def summary(result: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80, 90")
+    from ..ops.omega_triton import MAX_DK, MAX_WINDOW_ROWS  # (no triton import)
+
+    ap = argparse.ArgumentParser(prog="python -m atlas_search.bench.aot_check",
+                                 description=__doc__.split("\n\n")[0])
+    ap.add_argument("--arch", type=int, default=90, choices=sorted(SM_LIMITS),
+                    help="compute capability (the targets of SM_LIMITS)")
     ap.add_argument("--quick", action="store_true",
                     help="four variants covering every code path, first configs only")
     ap.add_argument("--first-config", action="store_true",
                     help="only the fixed (AUTOTUNE off) config of each kernel")
-    ap.add_argument("--head-dim", type=int, nargs="*", default=[64, 128])
-    ap.add_argument("--window", type=int, nargs="*", default=[1, 16])
-    ap.add_argument("--chunk", type=int, default=64)
-    ap.add_argument("--dtype", nargs="*", default=["bfloat16", "float32"], choices=list(_TL))
+    ap.add_argument("--head-dim", type=int_in(1, MAX_DK), nargs="+", default=[64, 128],
+                    help=f"Dk = Dv, 1..{MAX_DK} (the kernels' limit)")
+    ap.add_argument("--window", type=positive_int, nargs="+", default=[1, 16],
+                    help="Omega windows c >= 1")
+    ap.add_argument("--chunk", type=positive_int, default=64, help="chunk size b >= 1")
+    ap.add_argument("--dtype", nargs="+", default=["bfloat16", "float32"], choices=list(_TL))
     ap.add_argument("--json", help="write the rows as JSON to this file")
     a = ap.parse_args(argv)
+    a.head_dim, a.window, a.dtype = dedupe(a.head_dim), dedupe(a.window), dedupe(a.dtype)
+    if not a.quick:
+        too_big = [c for c in a.window if a.chunk + c - 1 > MAX_WINDOW_ROWS]
+        if too_big:
+            ap.error(f"argument --window: chunk + window - 1 must be <= {MAX_WINDOW_ROWS} "
+                     f"(the kernels' limit), got --chunk {a.chunk} with --window "
+                     f"{', '.join(map(str, too_big))}")
+    check_out(ap, "--json", a.json)
     vs = variants(a.quick, a.head_dim, a.chunk, a.window, a.dtype)
     try:
         result = run_aot_check(vs, a.arch, all_configs=not (a.quick or a.first_config),

@@ -52,6 +52,7 @@ from torch import Tensor
 from ..ops.feature_maps import feature_dim, poly_features, taylor_coeffs
 from ..ops.omega_linear import omega_linear
 from ..ops.omega_mlp import init_mlp_weights, mlp_memory_apply, omega_mlp
+from .cli_args import check_out, nonneg_int, positive_int, unit_float
 
 F64 = torch.float64
 RECALL_LEVEL = 0.99
@@ -528,17 +529,20 @@ def main(argv: Sequence[str] | None = None) -> dict:
                                  .split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=Path("/tmp/capacity"))
     ap.add_argument("--quick", action="store_true", help="a few points, seconds (for tests)")
-    ap.add_argument("--dk", type=int, default=8)
-    ap.add_argument("--trials", type=int, default=None)
-    ap.add_argument("--threshold", type=float, default=0.1)
+    ap.add_argument("--dk", type=positive_int, default=8, help="key dimension (>= 1)")
+    ap.add_argument("--trials", type=positive_int, default=None,
+                    help="trials per point (default: the sweep's own)")
+    ap.add_argument("--threshold", type=unit_float, default=0.1,
+                    help="a pair is recalled when its relative error is below this, in (0, 1]")
     ap.add_argument("--optimizer", choices=("momentum", "gd"), default="momentum")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=nonneg_int, default=0)
+    ap.add_argument("--threads", type=positive_int, default=1)
     args = ap.parse_args(argv)
+    check_out(ap, "--out", args.out, is_dir=True)
     torch.set_num_threads(args.threads)
     st = default_settings(args.dk, args.quick)
     st = replace(st, threshold=args.threshold, optimizer=args.optimizer, seed=args.seed,
-                 trials=args.trials or st.trials)
+                 trials=st.trials if args.trials is None else args.trials)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), float64")
     res = run(st)
     report = format_report(res)

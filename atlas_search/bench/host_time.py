@@ -37,6 +37,10 @@ from typing import Any
 import torch
 
 from . import kernels_speed as ks
+from .cli_args import check_out, positive_int, positive_int_list
+
+DTYPES = ("bfloat16", "float16", "float32", "float64")
+"""``--dtype`` choices: the input dtypes the op takes."""
 
 
 class Recorder:
@@ -251,20 +255,33 @@ def format_text(result: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m atlas_search.bench.host_time",
                                  description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    ap.add_argument("--backend", default="triton", choices=("triton", "torch"))
-    ap.add_argument("--head-dim", type=int, default=64)
-    ap.add_argument("--T", type=int, default=4096)
-    ap.add_argument("--tokens", type=int, default=32768)
-    ap.add_argument("--width", type=int, default=2048)
-    ap.add_argument("--window", default="1,16")
-    ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--calls", type=int, default=30)
-    ap.add_argument("--top", type=int, default=25)
+    ap.add_argument("--device", choices=("cpu", "cuda"),
+                    default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backend", default=None, choices=("triton", "torch"),
+                    help="default: triton on CUDA or under TRITON_INTERPRET=1, else torch")
+    ap.add_argument("--head-dim", type=positive_int, default=64)
+    ap.add_argument("--T", type=positive_int, default=4096)
+    ap.add_argument("--tokens", type=positive_int, default=32768)
+    ap.add_argument("--width", type=positive_int, default=2048)
+    ap.add_argument("--window", type=positive_int_list, default=(1, 16),
+                    help="comma list of windows c >= 1 (default 1,16)")
+    ap.add_argument("--dtype", default="bfloat16", choices=DTYPES)
+    ap.add_argument("--calls", type=positive_int, default=30)
+    ap.add_argument("--top", type=positive_int, default=25)
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
-    res = measure(a.device, a.head_dim, a.T, a.tokens, a.width,
-                  tuple(int(w) for w in a.window.split(",")), a.calls, a.backend,
+    if a.device == "cuda" and not torch.cuda.is_available():
+        ap.error("argument --device: cuda is not available (torch.cuda.is_available() is "
+                 "False); use --device cpu")
+    interpret = os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes",
+                                                                             "on")
+    if a.backend is None:
+        a.backend = "triton" if a.device == "cuda" or interpret else "torch"
+    elif a.backend == "triton" and a.device == "cpu" and not interpret:
+        ap.error("argument --backend: triton needs --device cuda or TRITON_INTERPRET=1 on "
+                 "cpu; use --backend torch")
+    check_out(ap, "--json", a.json)
+    res = measure(a.device, a.head_dim, a.T, a.tokens, a.width, a.window, a.calls, a.backend,
                   getattr(torch, a.dtype), a.top)
     if a.device == "cuda":
         res["floor"] = launch_floor()

@@ -30,7 +30,8 @@ from torch import nn
 from ..models import build_model
 from ..models.memory_mixer import MemoryMixer
 from ..spec import load
-from ..spec.presets import presets_dir
+from ..spec.presets import preset_names, presets_dir
+from .cli_args import check_out, dedupe, nonneg_float, nonneg_int, positive_float, positive_int
 
 BACKENDS = ("torch", "reference")
 WARMUP_T = 256
@@ -167,19 +168,33 @@ def format_table(cells: list[Cell], ts: Sequence[int], header: str) -> str:
 def main(argv: Sequence[str] | None = None) -> str:
     ap = argparse.ArgumentParser(prog="python -m atlas_search.bench.ops_speed",
                                  description=__doc__.split("\n\n")[0])
-    ap.add_argument("--presets", nargs="+", default=["atlas", "titans", "deltanet"])
-    ap.add_argument("--T", dest="ts", type=int, nargs="+", default=[256, 1024, 4096])
-    ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--chunk", type=int, default=16)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--max-ref-T", dest="max_ref_t", type=int, default=4096)
-    ap.add_argument("--max-cell-s", type=float, default=300.0,
+    ap.add_argument("--presets", nargs="+", default=["atlas", "titans", "deltanet"],
+                    help="presets with a memory layer (spaces/presets/NAME.yaml)")
+    ap.add_argument("--T", dest="ts", type=positive_int, nargs="+", default=[256, 1024, 4096])
+    ap.add_argument("--batch", type=positive_int, default=1)
+    ap.add_argument("--chunk", type=positive_int, default=16)
+    ap.add_argument("--repeats", type=positive_int, default=3)
+    ap.add_argument("--threads", type=positive_int, default=1)
+    ap.add_argument("--max-ref-T", dest="max_ref_t", type=nonneg_int, default=4096)
+    ap.add_argument("--max-cell-s", type=positive_float, default=300.0,
                     help="skip a cell whose estimated time exceeds this")
-    ap.add_argument("--long-s", type=float, default=10.0,
+    ap.add_argument("--long-s", type=nonneg_float, default=10.0,
                     help="one timed run instead of --repeats when the warm-up takes longer")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench/ops_speed.txt"))
     args = ap.parse_args(argv)
+    args.presets, args.ts = dedupe(args.presets), dedupe(args.ts)
+    known = preset_names()
+    bad = [p for p in args.presets if p not in known]
+    if bad:
+        ap.error(f"argument --presets: unknown preset(s) {', '.join(bad)} "
+                 f"(available: {', '.join(known)})")
+    check_out(ap, "--out", args.out)
+    layers = {}
+    for p in args.presets:  # build every layer first: a preset without one fails here
+        try:
+            layers[p] = memory_layer(p, args.chunk)
+        except ValueError as exc:
+            ap.error(f"argument --presets: {exc}")
     torch.set_num_threads(args.threads)
     header = (
         f"ops_speed: CPU fp32, torch {torch.__version__}, torch.set_num_threads("
@@ -189,8 +204,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     print(header, flush=True)
     t0 = time.perf_counter()
     cells: list[Cell] = []
-    for p in args.presets:
-        layer = memory_layer(p, args.chunk)
+    for p, layer in layers.items():
         print(f"{p}: {layer.describe()}, d_model={layer.d_model}, H={layer.n_heads}, "
               f"head_dim={layer.head_dim}, feature dim={layer.fdim}", flush=True)
         cells += bench_preset(

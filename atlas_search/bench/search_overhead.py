@@ -1,6 +1,7 @@
-"""Search overhead: the same N trials trained directly in a loop, then through the search
-driver with 1 and with 2 Ray workers (a fresh study each time). Prints wall times, the
-driver's overhead per trial and the parallel speed-up, measured side by side in one run.
+"""Search overhead: N trials through the search driver with 1 and with 2 Ray workers (a
+fresh study each time), then the same N configs (the 1-worker study's, read back from its
+trials) trained directly in a loop. Prints wall times, the driver's overhead per trial and
+the parallel speed-up, measured side by side in one run.
 
     python -m atlas_search.bench.search_overhead [--trials 6] [--steps 60]
 """
@@ -8,10 +9,12 @@ driver's overhead per trial and the parallel speed-up, measured side by side in 
 from __future__ import annotations
 
 import argparse
-import itertools
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
+
+from .cli_args import int_in, positive_int
 
 SPACE = """
 study:
@@ -22,7 +25,7 @@ study:
   resources: {{cpu: 1}}
 task: {{name: mqar, vocab_size: 128, seq_len: 64, num_kv_pairs: 4, num_train: 2000,
         num_test: 200}}
-train: {{steps: {steps}, batch_size: 32, lr: {{choice: {lrs}}}, warmup: 5,
+train: {{steps: {steps}, batch_size: 32, lr: {{choice: {lrs}}}, warmup: {warmup},
          eval_every: {eval_every}}}
 model:
   d_model: 32
@@ -32,11 +35,17 @@ model:
 """
 
 
+MAX_TRIALS = 16
+"""Points of :data:`SPACE`'s grid at most (4 lrs x 2 kinds x 2 optimizers): more trials
+would repeat grid points."""
+
+
 def _space(tag: str, n: int, parallel: int, steps: int):  # noqa: ANN202
     from ..spec import loads
 
     lrs = [1e-3, 2e-3, 3e-3, 4e-3][: max(1, (n + 3) // 4)]
     text = SPACE.format(tag=tag, n=n, parallel=parallel, steps=steps, lrs=lrs,
+                        warmup=min(5, steps - 1),
                         eval_every=max(1, steps // 3))
     return loads(text, f"{tag}.yaml")
 
@@ -45,16 +54,11 @@ def run(n: int, steps: int) -> dict[str, float]:
     import ray
 
     from ..search.driver import Driver, SearchOptions
+    from ..spec.config import Config
     from ..train import train
 
-    space = _space("direct", n, 1, steps)
-    points = [dict(zip(space.grid(), combo, strict=True))
-              for combo in itertools.product(*space.grid().values())][:n]
-    t0 = time.perf_counter()
-    for p in points:
-        train(space.concretize({tuple(k.split(".")): v for k, v in p.items()}), threads=1)
-    direct = time.perf_counter() - t0
-    out = {"trials": float(n), "direct_s": direct}
+    out = {"trials": float(n)}
+    configs: list[Config] = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
         ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
@@ -64,22 +68,33 @@ def run(n: int, steps: int) -> dict[str, float]:
             for parallel in (1, 2):
                 space = _space(f"p{parallel}", n, parallel, steps)
                 t0 = time.perf_counter()
-                progress = Driver(space, SearchOptions(runs=Path(tmp)),
-                                  listener=lambda p: None).run()
+                driver = Driver(space, SearchOptions(runs=Path(tmp)), listener=lambda p: None)
+                progress = driver.run()
                 out[f"search{parallel}_s"] = time.perf_counter() - t0
                 out[f"search{parallel}_complete"] = float(progress.complete)
+                if parallel == 1:
+                    configs = [Config.model_validate(t.user_attrs["config"])
+                               for t in driver.study.get_trials(deepcopy=False)
+                               if "config" in t.user_attrs]
         finally:
             ray.shutdown()
+    t0 = time.perf_counter()
+    for config in configs:
+        train(config, threads=1)
+    out["direct_s"] = direct = time.perf_counter() - t0
     out["overhead_per_trial_s"] = (out["search1_s"] - direct) / n
     out["speedup_2_vs_1"] = out["search1_s"] / out["search2_s"]
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--trials", type=int, default=6)
-    ap.add_argument("--steps", type=int, default=60)
-    args = ap.parse_args()
+def main(argv: Sequence[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m atlas_search.bench.search_overhead",
+                                 description=" ".join(__doc__.split("\n\n")[0].split()))
+    ap.add_argument("--trials", type=int_in(1, MAX_TRIALS), default=6,
+                    help=f"trials per mode, 1..{MAX_TRIALS} (the points of the grid)")
+    ap.add_argument("--steps", type=positive_int, default=60,
+                    help="training steps per trial (>= 1)")
+    args = ap.parse_args(argv)
     r = run(args.trials, args.steps)
     print(f"{'mode':<28}{'wall s':>10}{'per trial s':>14}")
     d = r["direct_s"]
