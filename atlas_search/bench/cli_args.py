@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import math
 import os
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def _int(text: str) -> int:
@@ -30,57 +32,30 @@ def _float(text: str) -> float:
     return x
 
 
-def positive_int(text: str) -> int:
-    """An integer >= 1."""
-    n = _int(text)
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {n}")
-    return n
+def _bounded(parse: Callable[[str], Any], test: Callable[[Any], bool], what: str,
+             name: str) -> Callable[[str], Any]:
+    """A ``type=`` function: ``parse`` the text, then require ``test`` (``what`` says it)."""
 
+    def check(text: str) -> Any:
+        x = parse(text)
+        if not test(x):
+            raise argparse.ArgumentTypeError(f"must be {what}, got {text}")
+        return x
 
-def nonneg_int(text: str) -> int:
-    """An integer >= 0."""
-    n = _int(text)
-    if n < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {n}")
-    return n
-
-
-def int_in(lo: int, hi: int):  # noqa: ANN201
-    """An integer in ``[lo, hi]``."""
-
-    def check(text: str) -> int:
-        n = _int(text)
-        if not lo <= n <= hi:
-            raise argparse.ArgumentTypeError(f"must be in [{lo}, {hi}], got {n}")
-        return n
-
-    check.__name__ = f"int in [{lo}, {hi}]"
+    check.__name__ = name
     return check
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    x = _float(text)
-    if x <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return x
+positive_int = _bounded(_int, lambda n: n >= 1, ">= 1", "positive_int")
+nonneg_int = _bounded(_int, lambda n: n >= 0, ">= 0", "nonneg_int")
+positive_float = _bounded(_float, lambda x: x > 0, "> 0", "positive_float")
+nonneg_float = _bounded(_float, lambda x: x >= 0, ">= 0", "nonneg_float")
+unit_float = _bounded(_float, lambda x: 0 < x <= 1, "in (0, 1]", "unit_float")
 
 
-def nonneg_float(text: str) -> float:
-    """A finite number >= 0."""
-    x = _float(text)
-    if x < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return x
-
-
-def unit_float(text: str) -> float:
-    """A finite number in ``(0, 1]``."""
-    x = _float(text)
-    if not 0 < x <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
-    return x
+def int_in(lo: int, hi: int) -> Callable[[str], int]:
+    """An integer in ``[lo, hi]``."""
+    return _bounded(_int, lambda n: lo <= n <= hi, f"in [{lo}, {hi}]", f"int in [{lo}, {hi}]")
 
 
 def positive_int_list(text: str) -> tuple[int, ...]:
