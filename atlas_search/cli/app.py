@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
@@ -27,6 +28,24 @@ def bad(message: str) -> typer.Exit:
     """Print ``error: message`` to stderr; the caller raises the returned Exit(2)."""
     err.print(f"error: {message}", markup=False)
     return typer.Exit(2)
+
+
+def not_a_file(path: Path, label: str) -> None:
+    """Exit(2) when a file is where the folder ``path`` should be (``label`` names it in
+    the message, e.g. ``--out DIR``)."""
+    if path.exists() and not path.is_dir():
+        raise bad(f"{label}: a file is in the way (it is a file, not a folder)")
+
+
+def out_folder(path: Path, label: str) -> Path:
+    """``path`` as an output folder, created; Exit(2) naming ``label`` when a file is in
+    the way or it cannot be created."""
+    not_a_file(path, label)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise bad(f"{label}: cannot create the folder: {exc.strerror or exc}") from None
+    return path
 
 
 def fail(exc: SpecError) -> typer.Exit:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from ..bench.gpu_check import TOTAL_BUDGET_S
-from .app import app, bad, out
+from .app import app, bad, out, out_folder
 
 
 def _bad(option: str, msg: str) -> typer.Exit:
@@ -36,18 +36,6 @@ def _ints(option: str, values: list[str], minimum: int = 1) -> tuple[int, ...] |
     return tuple(dict.fromkeys(found)) or None
 
 
-def _out_folder(option: str, path: Path | None) -> None:
-    """Exit(2) before any timing when ``path`` cannot be the output folder."""
-    if path is None:
-        return
-    if path.exists() and not path.is_dir():
-        raise _bad(option, f"{path} is a file; give a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise _bad(option, f"cannot make {path}: {exc.strerror or exc}") from None
-
-
 def _out_file(option: str, path: Path | None) -> None:
     """Exit(2) before any timing when ``path`` cannot be written as a file."""
     if path is None:
@@ -56,7 +44,7 @@ def _out_file(option: str, path: Path | None) -> None:
         raise _bad(option, f"{path} is a folder; give a file name")
     if path.parent.exists() and not path.parent.is_dir():
         raise _bad(option, f"cannot write {path}: {path.parent} is a file")
-    _out_folder(option, path.parent)
+    out_folder(path.parent, f"{option} {path}")
 
 
 def _positive(option: str, value: int | float | None, minimum: float = 1) -> None:
@@ -154,7 +142,8 @@ def bench(
     if dtype != "auto" and dtype not in ks.DTYPES:
         raise _bad("--dtype", f"must be auto or one of {', '.join(ks.DTYPES)}, got {dtype!r}")
 
-    _out_folder("--out", out_dir)
+    if out_dir is not None:
+        out_folder(out_dir, f"--out {out_dir}")
     _out_file("--json", json_file)
     if gpu_check:
         from ..bench import gpu_check as gc

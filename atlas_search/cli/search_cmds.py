@@ -18,7 +18,7 @@ from rich.text import Text
 
 from ..spec import Space, SpecError, load
 from ..spec.yamlio import json_safe
-from .app import app, bad, err, fail, out
+from .app import app, bad, err, fail, out, out_folder
 
 RUNS = Path("runs")
 
@@ -150,17 +150,9 @@ def _open(run_dir: Path, storage: str | None):  # noqa: ANN202
         raise bad(str(exc)) from None
 
 
-def _out_dir(path: Path, option: bool) -> Path:
-    """``path`` as an output folder, created; exit 2 naming it when it is a file or cannot
-    be created (``option``: it came from ``--out``)."""
-    name = f"--out {path}" if option else str(path)
-    if path.exists() and not path.is_dir():
-        raise bad(f"{name}: a file, not a folder")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise bad(f"{name}: cannot create it ({exc.strerror or exc})") from None
-    return path
+def _out_label(out_dir: Path | None, default: Path) -> str:
+    """How an output folder is named in errors: ``--out DIR``, or the default path."""
+    return f"--out {out_dir}" if out_dir is not None else str(default)
 
 
 def _fmt(v: float | None) -> str:
@@ -220,7 +212,7 @@ def export(
     study = _open(run_dir, storage)
     if not ranked(study):
         raise bad(f"study {study.study_name!r} in {run_dir}: no complete trial to export yet")
-    target = _out_dir(out_dir or run_dir / "export", out_dir is not None)
+    target = out_folder(out_dir or run_dir / "export", _out_label(out_dir, run_dir / "export"))
     try:
         paths = export_best(study, target, top)
     except OSError as exc:
@@ -243,7 +235,7 @@ def report(
 
     study = _open(run_dir, storage)
     names = study.user_attrs.get("objectives")
-    target = _out_dir(out_dir or run_dir / "report", out_dir is not None)
+    target = out_folder(out_dir or run_dir / "report", _out_label(out_dir, run_dir / "report"))
     try:
         html = write_report(study, target, objective_names=names)
     except OSError as exc:

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from ..spec import Config, SpecError, load_config
 from ..spec.load import Override
-from .app import app, bad, err, fail, out
+from .app import app, bad, err, fail, not_a_file, out, out_folder
 
 SET_HELP = "override a field: dotted.path=value (YAML value), repeatable"
 EVAL_SETTABLE = ("task.", "train.batch_size", "train.device")
@@ -73,22 +73,6 @@ def _device(cfg: Config, source: Path):  # noqa: ANN202
         raise bad(f"{source}: {exc}") from None
 
 
-def _not_a_file(run_dir: Path, flag: str) -> None:
-    """Exit(2) when a file is where the run folder should be."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise bad(f"{flag} {run_dir}: a file is in the way; the run folder must be a folder")
-
-
-def _run_folder(run_dir: Path, flag: str) -> None:
-    """Create the run folder (Exit(2) when a file is in the way or it cannot be made)."""
-    _not_a_file(run_dir, flag)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise bad(f"{flag} {run_dir}: cannot make the run folder: "
-                   f"{exc.strerror or exc}") from None
-
-
 @app.command()
 def train(
     config: Annotated[Path, typer.Argument(help="a concrete config YAML")],
@@ -116,7 +100,7 @@ def train(
     cfg = _config(config, set_)
     run_dir = out_dir or RUNS / (cfg.name or config.stem)
     flag = "--out" if out_dir is not None else "run folder"
-    _not_a_file(run_dir, flag)
+    not_a_file(run_dir, f"{flag} {run_dir}")
     _device(cfg, config)
     ckpt = run_dir / "checkpoint.pt"
     if ckpt.exists() and not (resume or force):
@@ -140,7 +124,7 @@ def train(
         except CheckpointError as exc:
             raise bad(str(exc)) from None
     task = _make_task(cfg, config)
-    _run_folder(run_dir, flag)
+    out_folder(run_dir, f"{flag} {run_dir}")
     tr = cfg.train
     metric = "bpc" if task.unit == "char" else "perplexity" if task.kind == "lm" else "accuracy"
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -234,7 +218,7 @@ def _run_mad(cfg: Config, run_dir: Path, threads: int | None, source: Path, flag
     from ..tasks.base import TaskError
     from ..train.mad_protocol import mad_instances, run_mad
 
-    _run_folder(run_dir, flag)
+    out_folder(run_dir, f"{flag} {run_dir}")
     suite = cfg.task
     runs = len(mad_instances(suite)) * len(suite.lr_grid) * len(suite.wd_grid)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
