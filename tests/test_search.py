@@ -238,10 +238,16 @@ def test_requeue_stale_marks_the_trial_not_final(cli, tmp_path):
     assert rows[trial.number]["state"] == "FAIL" and rows[trial.number]["requeued"] is True
     waiting = [t for t in driver.study.trials if t.state == TrialState.WAITING]
     assert [t.user_attrs["requeued_from"] for t in waiting] == [trial.number]
-    # a trial another driver has just asked for and not yet tagged is not stale
+    # a trial another, live driver has just asked for and not yet tagged is not stale
+    driver.study.set_user_attr("driver:other", time.time())
+    driver.study.set_user_attr("driver_proc:other", [driver.host, os.getpid()])
     fresh = driver.study.ask()
     assert driver.requeue_stale() == []
     assert driver.study.trials[fresh.number].state == TrialState.RUNNING
+    # with no other driver live, its asker died before tagging it: re-queued at once
+    driver.study.set_user_attr("driver_proc:other", [driver.host, dead.pid])
+    assert driver.requeue_stale() == [fresh.number]
+    assert driver.study.trials[fresh.number].state == TrialState.FAIL
 
 
 @pytest.mark.parametrize("command", ["status", "export", "report"])

@@ -288,13 +288,16 @@ class Driver:
         the trial count, and with this driver's id while another driver is live."""
         seed = spec_seed(self.spec)
         n = len(self.study.get_trials(deepcopy=False))
-        now = time.time()
-        procs = self._procs()
-        others = [d for d, beat in self._beats().items() if d != self.driver_id
-                  and not driver_gone(beat, *procs.get(d, (None, None)), self.host, now)]
-        if not others:
+        if not self._others_live():
             return derive_seed(seed, n) if n else seed
         return derive_seed(seed, n, self.driver_id)
+
+    def _others_live(self) -> list[str]:
+        """Ids of the other drivers that are live by ``driver_gone``'s rule."""
+        now = time.time()
+        procs = self._procs()
+        return [d for d, beat in self._beats().items() if d != self.driver_id
+                and not driver_gone(beat, *procs.get(d, (None, None)), self.host, now)]
 
     def _check_distributions(self) -> None:
         """Optuna cannot change a parameter's kind (choice, int, float), its log scale or a
@@ -364,9 +367,12 @@ class Driver:
     def requeue_stale(self) -> list[int]:
         """FAIL (not final) and re-queue RUNNING trials whose driver is gone
         (``driver_gone``: same host and its process is dead, or its heartbeat is older than
-        ``STALE_S``). A RUNNING trial with no owner yet (another driver between ``ask`` and
-        tagging it) counts as gone only once it started more than ``STALE_S`` ago."""
+        ``STALE_S``). A RUNNING trial with no owner yet counts as gone at once when no other
+        driver is live (drivers beat before they ask, so its asker died between ``ask`` and
+        tagging it); while another driver is live, that driver may be tagging it, so it
+        counts as gone only once it started more than ``STALE_S`` ago."""
         beats = self._beats()
+        others_live = bool(self._others_live())
         requeued = []
         for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             owner = t.user_attrs.get("driver")
@@ -374,7 +380,8 @@ class Driver:
                 continue
             if owner is None:
                 start = t.datetime_start
-                dead = start is None or (datetime.now() - start).total_seconds() > STALE_S
+                dead = (not others_live or start is None
+                        or (datetime.now() - start).total_seconds() > STALE_S)
             else:
                 dead = driver_gone(beats.get(owner, 0.0), t.user_attrs.get("driver_host"),
                                    t.user_attrs.get("driver_pid"), self.host, time.time())
