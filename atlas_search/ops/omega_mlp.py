@@ -24,7 +24,9 @@ Per-token loss: ``l2``: ``l_i(W) = 1/2 ||M_W(k_i) - v_i||^2``; ``dot``:
 and the read-out is ``o_t = M_{W_t}(q_t)`` (read after write).
 
 Backends: ``reference`` is a per-token loop using ``torch.autograd.grad`` (with
-``create_graph`` so the outer loop can differentiate through it); ``torch`` is the
+``create_graph`` so the outer loop can differentiate through it; under
+``torch.inference_mode`` the inner gradient is taken in a local non-inference block, so
+the results equal those under ``no_grad``); ``torch`` is the
 chunk-parallel form; ``triton`` and ``auto`` run the ``torch`` form (deep memory has no
 Triton kernel: ``triton`` is accepted so one ``backend`` setting serves every memory kind).
 The chunk-parallel form runs, per chunk, one forward/backward pass of the window tokens
@@ -38,6 +40,7 @@ orthogonalises them in one batched Newton-Schulz call.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -438,7 +441,8 @@ def _reference_loop(
     cfg: _Cfg,
 ) -> _Run:
     """Per-token ground truth: ``G_t`` by ``torch.autograd.grad`` of
-    ``sum_i gamma_i l_i(W_{t'})`` (create_graph when the outer loop needs gradients)."""
+    ``sum_i gamma_i l_i(W_{t'})`` (create_graph when the outer loop needs gradients; under
+    ``torch.inference_mode`` too, see :func:`_window_grad`)."""
     arch, c, b = cfg.arch, cfg.c, cfg.b
     T = qh.shape[2]
     W, S, anchor = (
@@ -457,15 +461,7 @@ def _reference_loop(
         e = n_hist + j
         lo = max(0, e - c + 1)
         kw, vw, gw = kext[:, :, lo : e + 1], vext[:, :, lo : e + 1], gext[:, :, lo : e + 1]
-        with torch.enable_grad():
-            wg = [a if (need_graph and a.requires_grad) else a.detach().requires_grad_(True)
-                  for a in anchor]
-            m = _forward(kw, arch, _plain_mm(wg))[0]
-            if cfg.objective == "l2":
-                li = 0.5 * ((m - vw) ** 2).sum(-1)
-            else:
-                li = -(m * vw).sum(-1)
-            G = torch.autograd.grad((li * gw).sum(), wg, create_graph=need_graph)
+        G = _window_grad(kw, vw, gw, anchor, cfg, need_graph)
         et = eta[:, :, j, None, None]
         at = 1.0 if alpha is None else alpha[:, :, j, None, None]
         if cfg.optimizer == "gd":
@@ -489,6 +485,39 @@ def _reference_loop(
     dv = st.weights[-1].shape[-1]
     o = torch.cat(outs, dim=2) if outs else qh.new_zeros(*qh.shape[:2], 0, dv)
     return o, W, S, anchor
+
+
+def _window_grad(
+    kw: Tensor, vw: Tensor, gw: Tensor, anchor: Sequence[Tensor], cfg: _Cfg, need_graph: bool
+) -> tuple[Tensor, ...]:
+    """``G = grad_W sum_i gamma_i l_i(W)`` at ``W = anchor`` by ``torch.autograd.grad``,
+    one gradient per matrix (with a graph through it when ``need_graph``).
+
+    Under ``torch.inference_mode`` autograd records nothing, and an inference tensor can be
+    neither saved for backward nor made to require grad outside it. So the gradient is then
+    taken in a local ``inference_mode(False)`` block, on normal copies (``clone``: the same
+    values bit for bit) of every input that is an inference tensor: the same operations as
+    under ``no_grad``, hence the same result. The gradients carry no graph; the caller's
+    later updates, back in inference mode, give inference tensors as usual. Inference-tensor
+    inputs outside inference mode (state kept from an inference-mode call) are copied too.
+    """
+    arch = cfg.arch
+
+    def normal(x: Tensor) -> Tensor:
+        return x.clone() if x.is_inference() else x
+
+    local = (torch.inference_mode(False) if torch.is_inference_mode_enabled()
+             else contextlib.nullcontext())
+    with local, torch.enable_grad():
+        kw, vw, gw = normal(kw), normal(vw), normal(gw)
+        wg = [a if (need_graph and a.requires_grad) else normal(a).detach().requires_grad_(True)
+              for a in anchor]
+        m = _forward(kw, arch, _plain_mm(wg))[0]
+        if cfg.objective == "l2":
+            li = 0.5 * ((m - vw) ** 2).sum(-1)
+        else:
+            li = -(m * vw).sum(-1)
+        return torch.autograd.grad((li * gw).sum(), wg, create_graph=need_graph)
 
 
 # ----------------------------------------------------------------------------- chunked
