@@ -87,9 +87,9 @@ def train(
 ) -> None:
     """Train one concrete config; write config, metrics.jsonl, final.json, checkpoint.
 
-    ``--resume`` continues the run folder's checkpoint and may change only
-    ``train.loop.RESUMABLE`` (name, train.steps to extend the run, train.eval_every,
-    train.device); other changes exit 2 naming the fields."""
+    --resume continues the run folder's checkpoint and may change only name,
+    train.steps (to extend the run), train.eval_every and train.device
+    (the trainer's RESUMABLE list); other changes exit 2 naming the fields."""
     from ..models import ModelTooLarge
     from ..train import CheckpointError, load_checkpoint
     from ..train.loop import check_resume
