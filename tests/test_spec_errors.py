@@ -198,7 +198,7 @@ CASES = [
     ("custom tag", "model: {d_model: !include x.yaml}\n", ["not allowed"], 1),
     ("set tag", "model: !!set {a, b}\n", ["not allowed"], 1),
     ("duplicate key", "model:\n  d_model: 64\n  d_model: 32\n", ["duplicate key 'd_model'"], 3),
-    ("non-string key", "model:\n  memory:\n    on: 1\n", ["not a string"], 3),
+    ("non-string key", "model:\n  memory:\n    true: 1\n", ["not a string"], 3),
     ("scalar document", "just text\n", ["expected a mapping"], 1),
     ("list document", "- 1\n- 2\n", ["expected a mapping"], 1),
     ("empty", "", ["empty"], None),

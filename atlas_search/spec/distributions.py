@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import math
 from decimal import Decimal, InvalidOperation
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import ConfigDict, Field, model_validator
+from pydantic import AfterValidator, ConfigDict, Field, model_validator
 
 from .base import Spec
 
@@ -64,10 +64,30 @@ def _same_number(a: Any, b: Any) -> bool:
     )
 
 
+MAX_EXACT_INT = 2**53
+"""The largest bound (in absolute value) of an ``int:`` range: Optuna samples integer
+ranges through floats (its samplers and its internal representation of a value), which
+hold every integer only up to 2**53."""
+
+
+def _exact_bound(value: int) -> int:
+    if abs(value) > MAX_EXACT_INT:
+        raise ValueError(
+            f"bound {value} is too far from 0: an int range's bounds must be less than or "
+            f"equal to 2**53 ({MAX_EXACT_INT:,}) in absolute value, since Optuna samples "
+            "integer ranges as floats, which miss integers beyond 2**53; use a narrower "
+            "range or a choice list")
+    return value
+
+
+IntBound = Annotated[int, AfterValidator(_exact_bound)]
+
+
 class IntRange(_Dist):
     """Integer in ``[lo, hi]`` (inclusive) on a grid of ``step``, optionally log-uniform."""
 
-    int_: tuple[int, int] = Field(alias="int", description="[lo, hi], inclusive")
+    # each bound within +-2**53 (IntBound, MAX_EXACT_INT)
+    int_: tuple[IntBound, IntBound] = Field(alias="int", description="[lo, hi], inclusive")
     step: int = Field(1, ge=1)
     log: bool = False
 

@@ -7,9 +7,10 @@ import typing
 from functools import cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, TypeAdapter
+from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter
 from pydantic.fields import FieldInfo
 
+from .base import relax
 from .errors import Path
 
 
@@ -86,11 +87,13 @@ def literal_values(ann: Any) -> list[Any] | None:
 
 @cache
 def adapter(cls: type[BaseModel], name: str) -> TypeAdapter:
-    """A validator for a single field value, with the field's constraints."""
+    """A validator for a single field value, with the field's constraints, as strict as
+    the model's own validation (:class:`~.base.Spec`: no coercion across types)."""
     f: FieldInfo = cls.model_fields[name]
-    if not f.metadata:
-        return TypeAdapter(f.annotation)
-    return TypeAdapter(Annotated[(f.annotation, *f.metadata)])
+    ann = f.annotation
+    before = BeforeValidator(lambda value: relax(ann, value))
+    strict = ConfigDict(strict=cls.model_config.get("strict", False))
+    return TypeAdapter(Annotated[(ann, *f.metadata, before)], config=strict)
 
 
 def field_at(root: type[BaseModel], path: Path, data: dict | None = None):

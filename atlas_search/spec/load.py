@@ -4,7 +4,10 @@ located by YAML path and line, allowed values and "did you mean" hints."""
 from __future__ import annotations
 
 import copy
+import math
 import re
+import types
+import typing
 from pathlib import Path as FsPath
 from typing import Any
 
@@ -290,10 +293,13 @@ def _parse_dim(
         dist = dcls.model_validate(value)
     except ValidationError as exc:
         for err in exc.errors():
-            loc = tuple(str(p) for p in err["loc"] if p not in ("int_", "float_"))
+            loc = tuple(p if isinstance(p, int) else str(p) for p in err["loc"]
+                        if p not in ("int_", "float_"))
             msg = err["msg"].removeprefix("Value error, ")
             hint = None
-            if err["type"] == "extra_forbidden":
+            if (typed := _type_message(err, err.get("input"))) is not None:
+                msg, hint = typed
+            elif err["type"] == "extra_forbidden":
                 allowed = [f.alias or n for n, f in dcls.model_fields.items()]
                 msg, hint = "unknown field", allowed_hint(loc[-1], allowed)
             issues.append(
@@ -380,6 +386,9 @@ def _scalar_issue(
         )
     if lits is not None and err["type"] in ("literal_error", "union_tag_invalid"):
         return doc.issue(path, f"{value!r} is not allowed", hint=allowed_hint(value, lits))
+    typed = _type_message(err, value)
+    if typed is not None:
+        return doc.issue(path, typed[0], hint=typed[1])
     msg = err["msg"].removeprefix("Value error, ")
     return doc.issue(
         path,
@@ -387,6 +396,69 @@ def _scalar_issue(
         if not isinstance(value, dict | list)
         else f"{msg} (got {_kind(value)})",
     )
+
+
+_EXPECTED = {
+    "int_type": "an integer",
+    "int_parsing": "an integer",
+    "int_from_float": "an integer",
+    "float_type": "a number",
+    "float_parsing": "a number",
+    "bool_type": "a boolean (true or false)",
+    "bool_parsing": "a boolean (true or false)",
+    "string_type": "text",
+    "tuple_type": "a list",
+    "list_type": "a list",
+}
+_YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
+
+
+def _show(value: Any) -> str:
+    """A scalar as YAML spells it (``true``, ``null``, ``'10'``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return repr(value)
+
+
+def _type_message(err: dict, value: Any) -> tuple[str, str | None] | None:
+    """``(message, hint)`` for a value of the wrong type (strict validation: a boolean or
+    text is never a number, a number never a boolean), e.g. ``expected an integer, got a
+    boolean (true)``; None for other errors."""
+    expected = _EXPECTED.get(err["type"])
+    if expected is None:
+        return None
+    got = _kind(value)
+    if (expected == "an integer" and isinstance(value, float) and math.isfinite(value)
+            and not value.is_integer()):
+        got = "a number with a fractional part"
+    msg = f"expected {expected}, got {got}"
+    if not isinstance(value, dict | list):
+        msg += f" ({_show(value)})"
+    hint = None
+    if isinstance(value, str):
+        text = value.strip()
+        if expected.startswith("a boolean") and text.lower() in ("true", "false"):
+            hint = f"quoted, {text!r} is text; write {text.lower()} without quotes"
+        elif expected.startswith("a boolean") and text.lower() in _YAML11_BOOLS:
+            hint = (f"{text!r} is text (YAML 1.2: only true and false are booleans); "
+                    "write true or false")
+        elif expected in ("an integer", "a number") and re.fullmatch(
+                r"[-+]?[0-9]+(?::[0-5]?[0-9])+(?:\.[0-9]*)?", text):
+            hint = (f"{text!r} is text (YAML 1.2 has no sexagesimal numbers such as 1:30 "
+                    "= 90); write the number")
+        elif expected in ("an integer", "a number") and _is_number(text):
+            hint = f"quoted, {text!r} is text; write the number without quotes"
+    return msg, hint
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _clean_loc(loc: tuple, root: type[BaseModel], raw: Any) -> tuple[Path, type[BaseModel] | None]:
@@ -428,11 +500,50 @@ def _clean_loc(loc: tuple, root: type[BaseModel], raw: Any) -> tuple[Path, type[
     return tuple(out), cls
 
 
+def _merge_scalar_unions(errors: list[dict], root: type[BaseModel], raw: Any) -> list[dict]:
+    """One error per value of a union of plain types (``int | Literal['auto']``), where
+    pydantic reports one per member (at ``max_resource.int``, ``max_resource.literal[...]``),
+    with what the union takes: ``expected an integer or 'auto'``."""
+    out: list[dict] = []
+    merged: set[tuple] = set()
+    for err in errors:
+        loc = tuple(err["loc"])
+        _, cls = _clean_loc(loc[:-2], root, raw) if len(loc) >= 2 else (None, None)
+        field = cls.model_fields.get(loc[-2]) if cls is not None and isinstance(
+            loc[-2], str) else None
+        parts = _scalar_union_parts(field.annotation) if field is not None else None
+        if parts is None:
+            out.append(err)
+            continue
+        if loc[:-1] not in merged:
+            merged.add(loc[:-1])
+            out.append({"type": "scalar_union", "loc": loc[:-1], "input": err.get("input"),
+                        "msg": err["msg"], "expected": " or ".join(parts)})
+    return out
+
+
+def _scalar_union_parts(ann: Any) -> list[str] | None:
+    """What each member of a union of plain types takes (None for anything else)."""
+    if typing.get_origin(ann) not in (typing.Union, types.UnionType) or union_members(ann):
+        return None
+    names = {int: "an integer", float: "a number", bool: "a boolean", str: "text",
+             type(None): "null"}
+    parts: list[str] = []
+    for member in typing.get_args(ann):
+        if member in names:
+            parts.append(names[member])
+        elif (values := literal_values(member)) is not None:
+            parts += [repr(v) for v in values]
+        else:
+            return None
+    return parts if len(parts) > 1 else None
+
+
 def _map_errors(
     exc: ValidationError, prefix: Path, root: type[BaseModel], raw: Any, doc: Document
 ) -> list[Issue]:
     issues = []
-    for err in exc.errors():
+    for err in _merge_scalar_unions(exc.errors(), root, raw):
         loc, _ = _clean_loc(tuple(err["loc"]), root, raw)
         parent_loc, parent_cls = _clean_loc(tuple(err["loc"])[:-1], root, raw)
         path = prefix + loc
@@ -475,6 +586,12 @@ def _map_errors(
             )
         elif etype == "missing":
             issues.append(doc.issue(path, "required field is missing"))
+        elif etype == "scalar_union":
+            value = err.get("input")
+            issues.append(doc.issue(
+                path, f"expected {err['expected']}, got {_kind(value)} ({_show(value)})"))
+        elif (typed := _type_message(err, err.get("input"))) is not None:
+            issues.append(doc.issue(path, typed[0], hint=typed[1]))
         else:
             value = err.get("input")
             shown = f" (got {value!r})" if isinstance(value, (str, int, float, bool)) else ""

@@ -18,6 +18,7 @@ from .distributions import Choice, Fixed, FloatRange, IntRange
 from .introspect import union_members
 from .presets import preset_names
 from .study import StudySpec
+from .task import _task_tag
 
 SCHEMA_FILE = "atlas-search.schema.json"
 
@@ -47,6 +48,7 @@ def schema(layer: str = "both") -> dict[str, Any]:
     if layer == "concrete":
         out = Config.model_json_schema(by_alias=True)
         out["title"] = "atlas-search concrete config"
+        _require_task_names(out)
     else:
         space_cls = create_model(
             "SearchSpace", __base__=_space_model(Config), study=(StudySpec | None, Field(None))
@@ -61,3 +63,16 @@ def schema(layer: str = "both") -> dict[str, Any]:
             p["anyOf"] = [{"enum": names}, {"type": "null"}]
             p.pop("type", None)
     return out
+
+
+def _require_task_names(out: dict[str, Any]) -> None:
+    """Make the ``task`` union's ``oneOf`` unambiguous: a task without ``name`` is the
+    default task (``mqar``), so every other task's branch requires ``name``. Without this
+    ``task: {seq_len: 64}`` matched several branches, which ``oneOf`` refuses."""
+    default = _task_tag({})
+    for member in out["properties"]["task"].get("oneOf", []):
+        d = out["$defs"].get(member.get("$ref", "").rsplit("/", 1)[-1], {})
+        if d.get("properties", {}).get("name", {}).get("const") != default:
+            required = d.setdefault("required", [])
+            if "name" not in required:
+                required.append("name")

@@ -8,6 +8,7 @@ non-string keys are errors. Positions are recorded per path for error messages.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -78,14 +79,47 @@ class Document:
 
 
 class _Loader(yaml.SafeLoader):
-    """The safe loader, reading YAML 1.2 numbers as YAML 1.2 does: floats such as ``2.0e6``
-    and ``1e-3`` (PyYAML's YAML 1.1 rules read them as text; editors and JSON Schema read
-    numbers), ``010`` as 10 (not octal 8) and ``0o17`` as 15."""
+    """The safe loader, reading plain scalars as the YAML 1.2 core schema does, where
+    PyYAML's YAML 1.1 rules differ: only ``true``/``false`` (``True``, ``TRUE``, ...) are
+    booleans (``yes``, ``no``, ``on``, ``off`` are text); ``1:30`` is text (not the
+    sexagesimal 90); ``2024-01-01`` is text (no timestamps) and so is ``=``; floats such
+    as ``2.0e6`` and ``1e-3`` are numbers (YAML 1.1 reads them as text; editors and JSON
+    Schema read numbers); ``010`` is 10 (not octal 8) and ``0o17`` is 15. Kept from YAML
+    1.1, as before: ``0x1F`` and ``0b101`` integers, ``_`` digit separators (``1_000``)."""
 
 
+_YAML11_ONLY = {f"tag:yaml.org,2002:{t}" for t in ("bool", "int", "float", "timestamp", "value")}
 _Loader.yaml_implicit_resolvers = {
-    k: list(v) for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    k: [(tag, rx) for tag, rx in v if tag not in _YAML11_ONLY]
+    for k, v in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:bool",
+    re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+    list("tTfF"),
+)
+_Loader.add_implicit_resolver(  # YAML 1.1's integers without the sexagesimal 1:30
+    "tag:yaml.org,2002:int",
+    re.compile(
+        r"""^(?:[-+]?0b[0-1_]+
+        |[-+]?0[0-7_]+
+        |[-+]?(?:0|[1-9][0-9_]*)
+        |[-+]?0x[0-9a-fA-F_]+)$""",
+        re.X,
+    ),
+    list("-+0123456789"),
+)
+_Loader.add_implicit_resolver(  # YAML 1.1's floats without the sexagesimal 1:30.5
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
+        |\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?
+        |[-+]?\.(?:inf|Inf|INF)
+        |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(
@@ -179,12 +213,7 @@ class _Builder:
                     continue
                 key = self.build(key_node, path + ("<key>",), depth + 1)
                 if not isinstance(key, str):
-                    raise self.fail(
-                        key_node,
-                        path,
-                        f"key {key!r} is not a string (quote it; YAML reads yes/no/on/off as "
-                        "booleans)",
-                    )
+                    raise self.fail(key_node, path, _key_message(key_node, key))
                 if key in explicit:
                     raise self.fail(key_node, path + (key,), f"duplicate key {key!r}")
                 explicit.add(key)
@@ -194,6 +223,16 @@ class _Builder:
                 out.setdefault(k, v)
             return out
         raise self.fail(node, path, "unsupported YAML node")
+
+
+def _key_message(node: yaml.Node, key: Any) -> str:
+    """Why a mapping key that is not text is refused, and how to quote it."""
+    if not isinstance(node, yaml.ScalarNode):
+        return f"a key must be a string, not {type(key).__name__}"
+    kind = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}.get(
+        type(key), type(key).__name__)
+    return (f"key {node.value} is read as {kind}, not a string; quote it: "
+            f"{json.dumps(node.value)}")
 
 
 def parse_text(text: str, source: str = "<input>") -> Document:
@@ -258,11 +297,18 @@ def read_document(path: str | FsPath) -> Document:
 
 
 class _Dumper(yaml.SafeDumper):
-    """Quotes every string that :class:`_Loader` would read as something else (``"09"``,
-    ``"1e-3"``), so dumped files load back unchanged."""
+    """Quotes every string that :class:`_Loader` (YAML 1.2) or a YAML 1.1 reader (PyYAML's
+    ``safe_load``, older tools) would read as something else (``"09"``, ``"1e-3"``,
+    ``"yes"``, ``"1:30"``, ``"2024-01-01"``), so dumped files load back unchanged in
+    both."""
 
 
-_Dumper.yaml_implicit_resolvers = _Loader.yaml_implicit_resolvers
+_Dumper.yaml_implicit_resolvers = {
+    k: list(yaml.SafeLoader.yaml_implicit_resolvers.get(k, []))
+    + [r for r in _Loader.yaml_implicit_resolvers.get(k, [])
+       if r not in yaml.SafeLoader.yaml_implicit_resolvers.get(k, [])]
+    for k in {*yaml.SafeLoader.yaml_implicit_resolvers, *_Loader.yaml_implicit_resolvers}
+}
 
 
 def _str_presenter(dumper: yaml.SafeDumper, data: str) -> yaml.Node:
