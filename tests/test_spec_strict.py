@@ -280,6 +280,31 @@ def test_an_int_range_up_to_2_53_is_sampled_exactly():
         IntRange.model_validate({"int": [1, 2**53 + 1]})
 
 
+
+def test_a_float_range_on_an_integer_field_is_refused_at_the_range():
+    text = SPACE + "train:\n  steps: {float: [1.0, 10.0]}\n"
+    issue = _issue(text)
+    assert issue.path == ("train", "steps", "float"), issue
+    assert issue.line == 3 and "non-integer" in issue.message and "int: [1, 10]" in issue.hint
+    stepped = loads(SPACE + "train:\n  steps: {float: [10.0, 20.0], step: 5.0}\n  warmup: 0\n")
+    assert isinstance(stepped, Space)  # whole-number draws only: integers, as before
+    import optuna
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    assert {stepped.sample(study.ask()).train.steps for _ in range(20)} == {10, 15, 20}
+
+
+@pytest.mark.parametrize("pruner,field", [
+    ("{name: hyperband, max_resource: 0}", "max_resource"),
+    ("{name: successive_halving, min_resource: -3}", "min_resource"),
+])
+def test_pruner_resources_below_one_are_one_located_bound_error(pruner, field):
+    issue = _issue(f"study: {{name: s, pruner: {pruner}}}\n")
+    assert issue.path == ("study", "pruner", field), issue
+    assert "greater than or equal to 1" in issue.message and "'auto'" not in issue.message
+    typed = _issue("study: {name: s, pruner: {name: hyperband, max_resource: true}}\n")
+    assert typed.message.startswith("expected an integer or 'auto', got a boolean")
+
 # -------------------------------------------- 4: the concrete schema's task oneOf
 @pytest.fixture(scope="module")
 def concrete():

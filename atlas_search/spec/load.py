@@ -319,6 +319,15 @@ def _parse_dim(
                 iss.message = f"{label} {i + 1} ({v!r}): {iss.message}"
                 iss.line, iss.column = doc.locate(where)
                 issues.append(iss)
+    if ok and dcls is FloatRange and (inner := _inner_float(dist)) is not None:
+        try:
+            adapter(cls, key).validate_python(inner)
+        except ValidationError:
+            ok = False
+            lo, hi = dist.float_
+            issues.append(doc.issue(
+                path + ("float",), f"a float range draws non-integer values (e.g. {inner:g}); "
+                "this field takes integers", hint=f"use int: [{int(lo)}, {int(hi)}]"))
     note = None
     if dcls in (IntRange, FloatRange) and isinstance(value.get(_dist_key(dcls)), list):
         given, used = value[_dist_key(dcls)], list(_probe_values(dist))
@@ -332,6 +341,14 @@ def _dist_key(dcls: type) -> str:
     return {"Choice": "choice", "IntRange": "int", "FloatRange": "float", "Fixed": "value"}[
         dcls.__name__
     ]
+
+
+def _inner_float(dist: FloatRange) -> float | None:
+    """A value inside a float range that is not a whole number, if the range draws one
+    (to catch a float range on an integer field, whose bounds alone may be whole)."""
+    lo, hi = dist.float_
+    x = lo + (dist.step if dist.step else (hi - lo) / math.pi)
+    return x if lo < x <= hi and not float(x).is_integer() else None
 
 
 def _probe_values(dist: Any) -> list[Any]:
@@ -517,9 +534,18 @@ def _merge_scalar_unions(errors: list[dict], root: type[BaseModel], raw: Any) ->
             continue
         if loc[:-1] not in merged:
             merged.add(loc[:-1])
+            bound = [e for e in errors if tuple(e["loc"])[:-1] == loc[:-1]
+                     and e["type"] in _BOUND_ERRORS]
+            if bound:  # the right type, out of a member's bounds: say that alone
+                out.append({**bound[0], "loc": loc[:-1]})
+                continue
             out.append({"type": "scalar_union", "loc": loc[:-1], "input": err.get("input"),
                         "msg": err["msg"], "expected": " or ".join(parts)})
     return out
+
+
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
+                 "multiple_of"}
 
 
 def _scalar_union_parts(ann: Any) -> list[str] | None:
@@ -530,6 +556,8 @@ def _scalar_union_parts(ann: Any) -> list[str] | None:
              type(None): "null"}
     parts: list[str] = []
     for member in typing.get_args(ann):
+        while typing.get_origin(member) is typing.Annotated:  # a bounded int: still an int
+            member = typing.get_args(member)[0]
         if member in names:
             parts.append(names[member])
         elif (values := literal_values(member)) is not None:

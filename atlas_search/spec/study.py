@@ -121,13 +121,14 @@ class MedianPruner(Spec):
 class HyperbandPruner(Spec):
     name: Literal["hyperband"]
     min_resource: int = Field(1, ge=1, description="steps before the first rung")
-    max_resource: int | Literal["auto"] = Field("auto", description="'auto' = train.steps")
+    max_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="'auto' = train.steps")
     reduction_factor: int = Field(3, ge=2)
 
 
 class SuccessiveHalvingPruner(Spec):
     name: Literal["successive_halving"]
-    min_resource: int | Literal["auto"] = "auto"
+    min_resource: Annotated[int, Field(ge=1)] | Literal["auto"] = "auto"
     reduction_factor: int = Field(4, ge=2)
     min_early_stopping_rate: int = Field(0, ge=0)
 
