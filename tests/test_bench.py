@@ -134,6 +134,12 @@ def test_gpu_check_without_cuda_exits_2(cli, tmp_path):
     assert res.exit_code == 2 and "no CUDA device" in res.stderr
 
 
+def test_gpu_check_refuses_json_before_any_work(cli, tmp_path):
+    res = cli("bench", "--gpu-check", "--out", tmp_path / "g", "--json", tmp_path / "b.json")
+    assert res.exit_code == 2 and "gpu_check.json" in res.stderr, res.output
+    assert res.stderr.startswith("error: --json") and not (tmp_path / "b.json").exists()
+
+
 def test_gpu_check_path_imports_no_pydantic_optuna_ray(tmp_path):
     """``python -m atlas_search.bench.gpu_check`` (run_module as __main__) and a CPU bench run
     from a bare PYTHONPATH pull in neither pydantic, optuna, ray nor spec/models/search."""

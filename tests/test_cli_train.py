@@ -83,6 +83,10 @@ def test_changed_configs_and_broken_checkpoints_exit_2(cli, tmp_path):
     msg = _error(cli("train", cfg, "--out", cfg))
     assert "a file is in the way" in msg
 
+    fresh = cli("train", cfg, "--out", tmp_path / "fresh", "--resume", "--set", "train.steps=3")
+    assert fresh.exit_code == 0, fresh.output  # --resume on an empty folder starts, saying so
+    assert "holds no checkpoint to resume; starting a new run" in fresh.stderr
+
 
 def test_task_settings_the_generator_cannot_produce_exit_2(cli, tmp_path):
     cfg = tmp_path / "comp.yaml"

@@ -360,6 +360,18 @@ def test_read_commands_refuse_a_missing_journal_and_create_nothing(cli, tmp_path
     assert not (tmp_path / "nowhere").exists() and not (tmp_path / "x").exists()
 
 
+
+@pytest.mark.parametrize("command", ["status", "export", "report"])
+def test_read_commands_say_a_damaged_journal_is_damaged(cli, tmp_path, command):
+    run = tmp_path / "bad"
+    run.mkdir()
+    (run / "journal.log").write_text('{"op_code": 99}\n')
+    line = one_error_line(cli(command, run))
+    assert line.startswith(f"error: storage {run / 'journal.log'}: the journal cannot be "
+                           "replayed (a damaged file"), line
+    assert line.count("storage ") == 1
+
+
 # ---------------------------------------------------------------------- L7 study names
 @pytest.mark.parametrize("name", ["grp/sub", "..", ".hidden", "a b", "x\\\\y"])
 def test_path_unsafe_study_names_are_refused_where_written(name):

@@ -310,6 +310,8 @@ def test_threads_below_one_and_resume_with_force_are_refused(cli, tmp_path):
     assert "--resume" in msg and "--force" in msg
     with pytest.raises(ValueError, match="threads"):
         set_threads(0)
+    res = cli("build", cfg, "--sample", "-1")
+    assert res.exit_code == 2 and "--sample" in res.output, res.output
 
 
 # --------------------------------------------------------- 18: bounds off the step grid

@@ -6,6 +6,7 @@ import json
 import math
 import os
 
+import pytest
 import torch
 
 from atlas_search.spec import loads
@@ -121,6 +122,15 @@ def test_checkpoint_loading_runs_no_pickled_code(tmp_path):
     else:
         raise AssertionError("a checkpoint with pickled code was loaded")
     assert not marker.exists()
+
+
+def test_a_corrupt_checkpoint_is_not_called_unsafe(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    path.write_text("garbage\n")
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(path)
+    assert "not a PyTorch checkpoint" in str(info.value)
+    assert "could run code" not in str(info.value)
 
 
 def test_threads_are_set_to_the_given_cpus():

@@ -150,6 +150,9 @@ def bench(
 
         if out_dir is None:
             raise _bad("--gpu-check", "needs --out DIR (where gpu_check.json and the tables go)")
+        if json_file is not None:
+            raise _bad("--json", "not used by --gpu-check, which writes its figures to "
+                       "--out DIR/gpu_check.json")
         overrides = {"ts": t, "head_dims": d, "tokens": tokens, "repeats": repeats,
                      "width": width, "heads": heads, "chunk": chunk, "windows": w,
                      "warmup": warmup, "dtype": None if dtype == "auto" else dtype,

@@ -200,7 +200,7 @@ def _describe(cfg: Config) -> str:
 @app.command()
 def build(
     file: Annotated[Path, typer.Argument(help="a concrete config or a search space")],
-    sample: Annotated[int, typer.Option(help="random points of a space to build")] = 2,
+    sample: Annotated[int, typer.Option(help="random points of a space to build", min=0)] = 2,
     seed: Annotated[int, typer.Option(help="seed of the random points")] = 0,
 ) -> None:
     """Instantiate models on CPU: parameters, recurrent state, per-layer table."""

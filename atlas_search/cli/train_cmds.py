@@ -123,6 +123,11 @@ def train(
             check_resume(load_checkpoint(ckpt), cfg, ckpt)
         except CheckpointError as exc:
             raise bad(str(exc)) from None
+    elif resume:  # a preemptible job may always pass --resume: start, but say so
+        hint = ("" if out_dir is not None else
+                "; a renamed run keeps its old folder: give it with --out")
+        err.print(f"note: {run_dir} holds no checkpoint to resume; starting a new run{hint}",
+                  markup=False)
     task = _make_task(cfg, config)
     out_folder(run_dir, f"{flag} {run_dir}")
     tr = cfg.train

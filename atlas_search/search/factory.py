@@ -66,9 +66,16 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             path.parent.mkdir(parents=True, exist_ok=True)
             from optuna.storages.journal import JournalFileBackend
 
-            return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
+            backend = JournalFileBackend(str(path))
+            try:
+                return optuna.storages.JournalStorage(backend)
+            except Exception as exc:  # noqa: BLE001  (replaying the log failed)
+                raise storage_error(url, "the journal cannot be replayed (a damaged file, or "
+                                    f"one written by another Optuna version): {exc}") from exc
         return retry_race(lambda: optuna.storages.RDBStorage(
             url, engine_kwargs={"pool_pre_ping": True}))
+    except StorageError:
+        raise
     except Exception as exc:  # noqa: BLE001  (whatever the backend raised, located)
         raise storage_error(url, exc) from exc
 

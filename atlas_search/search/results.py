@@ -112,7 +112,7 @@ def export_best(study: optuna.Study, out_dir: Path, top: int = 3) -> list[Path]:
             f"values: {t.values}  objectives: {', '.join(names)}",
             "metrics: " + ", ".join(f"{k}={v:.4g}" for k, v in provenance["metrics"].items()
                                     if isinstance(v, (int, float))),
-            f"git revision: {rev or 'unknown'}",
+            f"seed: {provenance['seed']}  git revision: {rev or 'unknown'}",
         ])
         stem = f"{study.study_name}-trial{t.number}"
         path = out_dir / f"{stem}.yaml"

@@ -37,10 +37,13 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str,
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:  # noqa: BLE001  (torch raises many types for a bad file)
-        why = (str(exc).strip().splitlines() or ["corrupt file"])[0].split(". ")[0]
-        if why.startswith("Weights only load failed"):
+        text = str(exc).strip()
+        why = (text.splitlines() or ["corrupt file"])[0].split(". ")[0]
+        if "global" in text.lower():  # a pickled class or function, refused
             why = ("it holds objects other than tensors and plain data, which are not "
                    "loaded (loading them could run code)")
+        elif why.startswith("Weights only load failed"):
+            why = "not a PyTorch checkpoint (a corrupt file, or another kind of file)"
         raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {why}"
                               ) from None
     missing = [k for k in ("model", "step") if not isinstance(state, dict) or k not in state]
