@@ -250,6 +250,26 @@ def test_requeue_stale_marks_the_trial_not_final(cli, tmp_path):
     assert driver.study.trials[fresh.number].state == TrialState.FAIL
 
 
+def test_a_driver_starting_while_another_requeues_keeps_its_trial(tmp_path):
+    """Driver B starts, beats and asks just before A lists the RUNNING trials: A must see B
+    live (liveness is read after the listing) and leave B's not-yet-tagged trial alone."""
+    space = loads(_float_space("race", n=2), "race.yaml")
+    a = Driver(space, SearchOptions(runs=tmp_path, executor="inline"))
+    list_trials = a.study.get_trials
+    started = {}
+
+    def b_starts_then_list(*args, **kwargs):
+        if "states" in kwargs and "b" not in started:  # as A lists RUNNING trials, once
+            started["b"] = Driver(space, SearchOptions(runs=tmp_path, executor="inline"))
+            started["trial"] = started["b"].study.ask()
+        return list_trials(*args, **kwargs)
+
+    a.study.get_trials = b_starts_then_list
+    assert a.requeue_stale() == []
+    b, trial = started["b"], started["trial"]
+    assert b.study.trials[trial.number].state == TrialState.RUNNING
+
+
 @pytest.mark.parametrize("command", ["status", "export", "report"])
 def test_sqlite_storage_is_refused_without_a_traceback(cli, tmp_path, command):
     res = cli(command, tmp_path / "x", "--storage", f"sqlite:///{tmp_path}/x.db")

@@ -99,6 +99,49 @@ def test_whole_floats_stay_integers_and_integers_numbers():
     assert space.dims[0].dist.int_ == (64, 128)
 
 
+def test_python_callers_may_pass_tuples_for_lists_and_integer_like_numbers():
+    np = pytest.importorskip("numpy")
+    cfg = Config.model_validate({"task": {"name": "s_niah", "test_lengths": (64, 128)},
+                                 "train": {"steps": np.int64(12), "warmup": 0}})
+    assert cfg.task.test_lengths == [64, 128] and type(cfg.train.steps) is int
+    with pytest.raises(ValidationError):
+        Config.model_validate({"train": {"steps": np.bool_(True)}})
+
+
+@pytest.mark.parametrize("value,message,hint", [
+    ("inf", "got text ('inf')", ".inf"),
+    ("'1e-3'", "got text ('1e-3')", "write the number without quotes"),
+    ("null", "got nothing (null)", None),
+])
+def test_type_errors_show_the_value_once_with_the_right_hint(value, message, hint):
+    issue = _issue(f"train: {{lr: {value}}}\n")
+    assert issue.message == f"expected a number, {message}", issue.message
+    assert (issue.hint is None) if hint is None else (hint in issue.hint), issue.hint
+
+
+def test_an_int_range_on_a_float_field_takes_a_preset_baseline():
+    space = loads(SPACE.replace("{name: s}", "{name: s, enqueue: [atlas]}")
+                  + "model: {rope_theta: {int: [1000, 10000], step: 1000}}\n")
+    assert isinstance(space, Space) and space.dims[0].dist.contains(10000.0)
+
+
+@pytest.mark.parametrize("text,path,message", [
+    ("model: {d_model: {value: [64]}}", ("model", "d_model", "value"),
+     "expected a boolean, an integer, a number or text, got a list"),
+    ("model: {mixer: {when: {x: [[a]]}, value: 1}}", ("model", "mixer", "when", "x", 0),
+     "expected a boolean, an integer, a number or text, got a list"),
+])
+def test_union_members_give_one_error_located_where_the_value_is_wrong(text, path, message):
+    issue = _issue(SPACE + text + "\n")
+    assert issue.path == path and issue.message == message, issue
+
+
+def test_an_enqueued_point_of_the_wrong_type_is_one_error():
+    issue = _issue("study: {name: s, enqueue: [[1]]}\n")
+    assert issue.path == ("study", "enqueue", 0), issue
+    assert issue.message == "expected text or a mapping, got a list"
+
+
 def _spec_classes() -> list[type[Spec]]:
     """Every spec model reachable from a config, a study and the distributions."""
     from atlas_search.spec import distributions, study

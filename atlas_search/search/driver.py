@@ -371,10 +371,13 @@ class Driver:
         driver is live (drivers beat before they ask, so its asker died between ``ask`` and
         tagging it); while another driver is live, that driver may be tagging it, so it
         counts as gone only once it started more than ``STALE_S`` ago."""
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        # liveness after the listing: a listed trial's asker beat before asking it, so a
+        # driver that starts in between is seen live, not mistaken for a dead one
         beats = self._beats()
         others_live = bool(self._others_live())
         requeued = []
-        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        for t in running:
             owner = t.user_attrs.get("driver")
             if owner == self.driver_id:
                 continue

@@ -69,6 +69,8 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             backend = JournalFileBackend(str(path))
             try:
                 return optuna.storages.JournalStorage(backend)
+            except OSError:
+                raise  # unreadable, not damaged: the OS reason, below
             except Exception as exc:  # noqa: BLE001  (replaying the log failed)
                 raise storage_error(url, "the journal cannot be replayed (a damaged file, or "
                                     f"one written by another Optuna version): {exc}") from exc

@@ -5,6 +5,7 @@ field."""
 from __future__ import annotations
 
 import math
+import operator
 import types
 import typing
 from typing import Annotated, Any, Union
@@ -13,7 +14,8 @@ from pydantic import BaseModel, ConfigDict, model_validator
 from pydantic_core import PydanticCustomError
 
 
-def _strip(ann: Any) -> Any:
+def unannotated(ann: Any) -> Any:
+    """``ann`` without its ``Annotated[...]`` wrappers (``Optional`` is kept)."""
     while typing.get_origin(ann) is Annotated:
         ann = typing.get_args(ann)[0]
     return ann
@@ -22,26 +24,32 @@ def _strip(ann: Any) -> Any:
 def relax(ann: Any, value: Any) -> Any:
     """``value`` as strict validation against ``ann`` should see it: the only conversions
     strict mode lacks that the spec language keeps are a whole-number float where only an
-    integer fits (``steps: 1e3``, as JSON Schema's ``integer`` allows) and a list where a
-    tuple is expected (YAML has no tuples). Booleans and text are never numbers, numbers
-    never booleans: strict validation refuses them."""
-    ann = _strip(ann)
+    integer fits (``steps: 1e3``, as JSON Schema's ``integer`` allows), a list where a
+    tuple is expected (YAML has no tuples) and, for Python callers, a tuple where a list is
+    expected and an integer-like number (``numpy.int64``) as a Python int. Booleans and text
+    are never numbers, numbers never booleans: strict validation refuses them."""
+    if not isinstance(value, int) and hasattr(type(value), "__index__"):
+        try:
+            value = operator.index(value)
+        except TypeError:
+            pass
+    ann = unannotated(ann)
     origin = typing.get_origin(ann)
     if ann is int:
         if (isinstance(value, float) and math.isfinite(value) and value.is_integer()):
             return int(value)
         return value
     if origin in (Union, types.UnionType):
-        members = [_strip(a) for a in typing.get_args(ann)]
+        members = [unannotated(a) for a in typing.get_args(ann)]
         if isinstance(value, float):
             if int in members and float not in members and Any not in members:
                 return relax(int, value)
             return value
-        if isinstance(value, list):
+        if isinstance(value, list | tuple):
             seqs = [m for m in members if typing.get_origin(m) in (list, tuple)]
             return relax(seqs[0], value) if len(seqs) == 1 else value
         return value
-    if origin is list and isinstance(value, list):
+    if origin is list and isinstance(value, list | tuple):
         (item,) = typing.get_args(ann) or (Any,)
         return [relax(item, v) for v in value]
     if origin is tuple and isinstance(value, list | tuple):
@@ -57,7 +65,7 @@ def relax(ann: Any, value: Any) -> Any:
 class Spec(BaseModel):
     """Base of all spec models: unknown keys are errors, and values are never coerced
     across types (``true`` is no integer, ``"10"`` no number, ``1`` no boolean); see
-    :func:`relax` for the two conversions kept."""
+    :func:`relax` for the conversions kept."""
 
     model_config = ConfigDict(
         extra="forbid", validate_default=True, protected_namespaces=(), strict=True

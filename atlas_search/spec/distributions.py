@@ -118,6 +118,10 @@ class IntRange(_Dist):
         return (hi - lo) // self.step + 1
 
     def contains(self, v: Any) -> bool:
+        """Whether ``v`` is a point of the range; a whole-number float counts as its integer
+        (an integer range may search a float field, e.g. ``rope_theta``)."""
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
         lo, hi = self.int_
         return (
             isinstance(v, int)

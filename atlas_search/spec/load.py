@@ -13,6 +13,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from .base import unannotated
 from .config import Config
 from .distributions import DIST_KEYS, Fixed, FloatRange, IntRange, dist_class, looks_like_dist
 from .errors import Issue, Path, SpecError, allowed_hint, did_you_mean, dotted
@@ -28,7 +29,7 @@ from .introspect import (
 from .presets import deep_merge, preset_model, preset_names
 from .space import Dimension, Space, resolve_when
 from .study import StudySpec
-from .yamlio import Document, parse_text, read_document
+from .yamlio import KINDS, Document, kind_of, parse_text, read_document
 
 TOP_KEYS = ("name", "model", "task", "train", "study")
 
@@ -101,7 +102,7 @@ def apply_overrides(doc: Document, overrides: list[Override]) -> None:
             elif not isinstance(node[part], dict):
                 here = tuple(parts[: i + 1])
                 raise SpecError([Issue(
-                    here, f"cannot set {key.strip()}: {dotted(here)} is {_kind(node[part])}, "
+                    here, f"cannot set {key.strip()}: {dotted(here)} is {kind_of(node[part])}, "
                     "not a mapping" + (" (replace the whole list instead: "
                                        f"{dotted(here)}=[...])" if isinstance(node[part], list)
                                        else ""), origin=label)], doc.source)
@@ -215,7 +216,7 @@ def _walk(
         issues.append(
             doc.issue(
                 path,
-                f"expected a mapping of {cls.__name__} fields, got {_kind(raw)}",
+                f"expected a mapping of {cls.__name__} fields, got {kind_of(raw)}",
                 hint="fields: " + ", ".join(cls.model_fields),
             )
         )
@@ -292,12 +293,14 @@ def _parse_dim(
     try:
         dist = dcls.model_validate(value)
     except ValidationError as exc:
-        for err in exc.errors():
+        for err in _merge_member_tags(exc.errors()):
             loc = tuple(p if isinstance(p, int) else str(p) for p in err["loc"]
                         if p not in ("int_", "float_"))
             msg = err["msg"].removeprefix("Value error, ")
             hint = None
-            if (typed := _type_message(err, err.get("input"))) is not None:
+            if err["type"] == "scalar_union":
+                msg = f"expected {err['expected']}, got {_got(err.get('input'))}"
+            elif (typed := _type_message(err, err.get("input"))) is not None:
                 msg, hint = typed
             elif err["type"] == "extra_forbidden":
                 allowed = [f.alias or n for n, f in dcls.model_fields.items()]
@@ -361,16 +364,6 @@ def _probe_values(dist: Any) -> list[Any]:
     return [dist.value]
 
 
-def _kind(v: Any) -> str:
-    return {
-        dict: "a mapping",
-        list: "a list",
-        str: "text",
-        bool: "a boolean",
-        int: "an integer",
-        float: "a number",
-        type(None): "nothing (null)",
-    }.get(type(v), type(v).__name__)
 
 
 def _misspelt_dist(value: Any) -> tuple[str, str] | None:
@@ -411,7 +404,7 @@ def _scalar_issue(
         path,
         f"{msg} (got {value!r})"
         if not isinstance(value, dict | list)
-        else f"{msg} (got {_kind(value)})",
+        else f"{msg} (got {kind_of(value)})",
     )
 
 
@@ -430,13 +423,13 @@ _EXPECTED = {
 _YAML11_BOOLS = {"yes", "no", "on", "off", "y", "n"}
 
 
-def _show(value: Any) -> str:
-    """A scalar as YAML spells it (``true``, ``null``, ``'10'``)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if value is None:
-        return "null"
-    return repr(value)
+def _got(value: Any) -> str:
+    """What a wrong value is, with the scalar as YAML spells it: ``a boolean (true)``,
+    ``text ('10')``, ``nothing (null)``, ``a list``."""
+    if value is None or isinstance(value, dict | list):
+        return kind_of(value)
+    shown = ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    return f"{kind_of(value)} ({shown})"
 
 
 def _type_message(err: dict, value: Any) -> tuple[str, str | None] | None:
@@ -446,13 +439,11 @@ def _type_message(err: dict, value: Any) -> tuple[str, str | None] | None:
     expected = _EXPECTED.get(err["type"])
     if expected is None:
         return None
-    got = _kind(value)
+    got = _got(value)
     if (expected == "an integer" and isinstance(value, float) and math.isfinite(value)
             and not value.is_integer()):
-        got = "a number with a fractional part"
+        got = f"a number with a fractional part ({value!r})"
     msg = f"expected {expected}, got {got}"
-    if not isinstance(value, dict | list):
-        msg += f" ({_show(value)})"
     hint = None
     if isinstance(value, str):
         text = value.strip()
@@ -465,17 +456,20 @@ def _type_message(err: dict, value: Any) -> tuple[str, str | None] | None:
                 r"[-+]?[0-9]+(?::[0-5]?[0-9])+(?:\.[0-9]*)?", text):
             hint = (f"{text!r} is text (YAML 1.2 has no sexagesimal numbers such as 1:30 "
                     "= 90); write the number")
-        elif expected in ("an integer", "a number") and _is_number(text):
+        elif expected in ("an integer", "a number") and _is_yaml_number(text):
             hint = f"quoted, {text!r} is text; write the number without quotes"
+        elif expected == "a number" and text.lower().lstrip("+-") in ("inf", "infinity", "nan"):
+            hint = "YAML spells infinity .inf (or -.inf) and not-a-number .nan"
     return msg, hint
 
 
-def _is_number(text: str) -> bool:
+def _is_yaml_number(text: str) -> bool:
+    """Whether ``text`` unquoted is a YAML number (so the text came quoted)."""
     try:
-        float(text)
-    except ValueError:
+        data = parse_text(text).data
+    except SpecError:
         return False
-    return True
+    return isinstance(data, int | float) and not isinstance(data, bool)
 
 
 def _clean_loc(loc: tuple, root: type[BaseModel], raw: Any) -> tuple[Path, type[BaseModel] | None]:
@@ -544,6 +538,78 @@ def _merge_scalar_unions(errors: list[dict], root: type[BaseModel], raw: Any) ->
     return out
 
 
+_TAG = re.compile(r"(bool|int|float|str|none|constrained-\w+|literal\[.*\]|"
+                  r"(list|dict|tuple|set|nullable)\[.*\])")
+_TAG_PHRASES = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "text",
+                "none": "null", "list": "a list", "tuple": "a list", "set": "a list",
+                "dict": "a mapping"}
+
+
+def _merge_member_tags(errors: list[dict]) -> list[dict]:
+    """One ``scalar_union`` error where pydantic gives one per member of a union it names
+    by tag (``value.bool``, ``value.int``, ... or ``enqueue[0].str``,
+    ``enqueue[0].dict[str,any]``) and every member refused the value's type: ``expected a
+    boolean, an integer, a number or text``. Groups with another kind of error (a bound)
+    are left as they are."""
+    errors = _into_matched_containers(errors)
+    groups: dict[tuple, list[dict]] = {}
+    for err in errors:
+        loc = tuple(err["loc"])
+        if loc and isinstance(loc[-1], str) and _TAG.fullmatch(loc[-1]):
+            groups.setdefault(loc[:-1], []).append(err)
+    out, done = [], set()
+    for err in errors:
+        loc = tuple(err["loc"])
+        group = groups.get(loc[:-1]) if loc else None
+        if (group is None or len(group) < 2 or err not in group
+                or any(e["type"] not in _EXPECTED and e["type"] not in ("dict_type",
+                       "literal_error") for e in group)):
+            out.append(err)
+            continue
+        if loc[:-1] in done:
+            continue
+        done.add(loc[:-1])
+        phrases: list[str] = []
+        for e in group:
+            tag = str(e["loc"][-1])
+            head = tag.split("[", 1)[0].removeprefix("constrained-")
+            phrase = (tag[len("literal["):-1] if head == "literal"
+                      else _TAG_PHRASES.get(head, tag))
+            if phrase not in phrases:
+                phrases.append(phrase)
+        expected = (" or ".join(phrases) if len(phrases) < 3
+                    else ", ".join(phrases[:-1]) + " or " + phrases[-1])
+        out.append({"type": "scalar_union", "loc": loc[:-1], "input": err.get("input"),
+                    "msg": err["msg"], "expected": expected})
+    return out
+
+
+def _into_matched_containers(errors: list[dict]) -> list[dict]:
+    """Where a value matched a union's container member (``x.list[...].0.int``: ``x`` is a
+    list, its item is wrong), keep the errors inside it, located without the tag
+    (``x.0``), and drop the other members' errors at ``x`` (``x.bool``: "got a list")."""
+    inside: set[tuple] = set()
+    for err in errors:
+        loc = tuple(err["loc"])
+        for i, part in enumerate(loc[:-1]):
+            if isinstance(part, str) and re.fullmatch(r"(list|dict|tuple|set)\[.*\]", part):
+                inside.add(loc[:i])
+                break
+    if not inside:
+        return errors
+    out = []
+    for err in errors:
+        loc = tuple(err["loc"])
+        if loc[:-1] in inside and isinstance(loc[-1], str) and _TAG.fullmatch(loc[-1]):
+            continue
+        for i in range(len(loc) - 1):
+            if loc[:i] in inside and isinstance(loc[i], str) and _TAG.fullmatch(loc[i]):
+                err = {**err, "loc": loc[:i] + loc[i + 1:]}
+                break
+        out.append(err)
+    return out
+
+
 _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal",
                  "multiple_of"}
 
@@ -552,14 +618,10 @@ def _scalar_union_parts(ann: Any) -> list[str] | None:
     """What each member of a union of plain types takes (None for anything else)."""
     if typing.get_origin(ann) not in (typing.Union, types.UnionType) or union_members(ann):
         return None
-    names = {int: "an integer", float: "a number", bool: "a boolean", str: "text",
-             type(None): "null"}
     parts: list[str] = []
-    for member in typing.get_args(ann):
-        while typing.get_origin(member) is typing.Annotated:  # a bounded int: still an int
-            member = typing.get_args(member)[0]
-        if member in names:
-            parts.append(names[member])
+    for member in map(unannotated, typing.get_args(ann)):  # a bounded int is still an int
+        if member in KINDS and member not in (dict, list):
+            parts.append(KINDS[member])
         elif (values := literal_values(member)) is not None:
             parts += [repr(v) for v in values]
         else:
@@ -571,7 +633,7 @@ def _map_errors(
     exc: ValidationError, prefix: Path, root: type[BaseModel], raw: Any, doc: Document
 ) -> list[Issue]:
     issues = []
-    for err in _merge_scalar_unions(exc.errors(), root, raw):
+    for err in _merge_member_tags(_merge_scalar_unions(exc.errors(), root, raw)):
         loc, _ = _clean_loc(tuple(err["loc"]), root, raw)
         parent_loc, parent_cls = _clean_loc(tuple(err["loc"])[:-1], root, raw)
         path = prefix + loc
@@ -617,7 +679,7 @@ def _map_errors(
         elif etype == "scalar_union":
             value = err.get("input")
             issues.append(doc.issue(
-                path, f"expected {err['expected']}, got {_kind(value)} ({_show(value)})"))
+                path, f"expected {err['expected']}, got {_got(value)}"))
         elif (typed := _type_message(err, err.get("input"))) is not None:
             issues.append(doc.issue(path, typed[0], hint=typed[1]))
         else:

@@ -225,13 +225,21 @@ class _Builder:
         raise self.fail(node, path, "unsupported YAML node")
 
 
+KINDS: dict[type, str] = {dict: "a mapping", list: "a list", str: "text", bool: "a boolean",
+                          int: "an integer", float: "a number", type(None): "nothing (null)"}
+"""How messages name the type of a YAML value."""
+
+
+def kind_of(value: Any) -> str:
+    """``value``'s type as messages name it (:data:`KINDS`)."""
+    return KINDS.get(type(value), type(value).__name__)
+
+
 def _key_message(node: yaml.Node, key: Any) -> str:
     """Why a mapping key that is not text is refused, and how to quote it."""
     if not isinstance(node, yaml.ScalarNode):
         return f"a key must be a string, not {type(key).__name__}"
-    kind = {bool: "a boolean", int: "an integer", float: "a number", type(None): "null"}.get(
-        type(key), type(key).__name__)
-    return (f"key {node.value} is read as {kind}, not a string; quote it: "
+    return (f"key {node.value} is read as {kind_of(key)}, not a string; quote it: "
             f"{json.dumps(node.value)}")
 
 
