@@ -32,6 +32,17 @@ def cli():
     return run
 
 
+@pytest.fixture(autouse=True)
+def _thread_env_restored(monkeypatch):
+    """``train(threads=N)`` sets ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` for its process:
+    undo that after each test, so later tests' subprocesses do not inherit it."""
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        if key in os.environ:
+            monkeypatch.setenv(key, os.environ[key])
+        else:
+            monkeypatch.delenv(key, raising=False)
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_torch_thread():
     """The tests run tiny ops, where one intra-op thread is several times faster than two

@@ -52,8 +52,8 @@ def space_text(name: str, n: int = 8, steps: int = 16, pruner: str = MEDIAN) -> 
 def local_ray():
     import ray
 
-    ray.init(num_cpus=2, object_store_memory=128 * 1024 * 1024, include_dashboard=False,
-             log_to_driver=False, configure_logging=False)
+    ray.init(address="local", num_cpus=2, object_store_memory=128 * 1024 * 1024,
+             include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
 
@@ -122,7 +122,7 @@ def test_worker_death_is_retried(local_ray, tmp_path):
 
 def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
     path = tmp_path / "kill.yaml"
-    path.write_text(space_text("kill", n=6, steps=40, pruner="{name: none}"))
+    path.write_text(space_text("kill", n=8, steps=40, pruner="{name: none}"))
     cmd = [sys.executable, "-m", "atlas_search.cli", "run", str(path), "--runs", str(tmp_path)]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
@@ -141,7 +141,7 @@ def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
         return states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states
 
     try:
-        _wait(two_done, 240, "two complete trials")
+        _wait(two_done, 240, "two complete trials", poll=0.05)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started
         proc.wait(30)
@@ -162,7 +162,7 @@ def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
         assert "re-queued" in by_number[number].user_attrs["fail_reason"]
         assert number in requeued
     complete = [t for t in after.trials if t.state == TrialState.COMPLETE]
-    assert len(complete) == 6
+    assert len(complete) == 8
     assert not [t for t in after.trials if t.state == TrialState.RUNNING]
 
 

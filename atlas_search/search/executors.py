@@ -92,8 +92,9 @@ class RayExecutor:
             if address is None:
                 kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
             check_address(address)
-            try:
-                ray.init(address=address, **kwargs)
+            try:  # no address: a new local Ray ("local"), not one found through RAY_ADDRESS
+                # or a running `ray start` cluster (that is --address auto)
+                ray.init(address=address or "local", **kwargs)
             except Exception as exc:  # noqa: BLE001  (no cluster there, bad address, ...)
                 lines = str(exc).strip().splitlines()
                 where = f"Ray cluster {address!r}" if address else "local Ray"
