@@ -12,39 +12,22 @@ import itertools
 
 import pytest
 import torch
-import torch.nn.functional as F
 from conftest import SPACES
+from test_ops_mlp import make_inputs
 
 from atlas_search.models import build_model
 from atlas_search.ops.omega_kernel import omega_kernel
 from atlas_search.ops.omega_linear import omega_linear
-from atlas_search.ops.omega_mlp import init_mlp_weights, omega_mlp
+from atlas_search.ops.omega_mlp import omega_mlp
 from atlas_search.spec import ModelSpec, load
 
 F64 = torch.float64
-B, T, H, D = 2, 9, 2, 4
+T, D = 9, 4
 CUT = 5  # split point of a continued call (mid-chunk for chunk_size 4)
 
 
 def _inputs(seed: int, kind: str = "mlp", depth: int = 2, dv: int = D) -> dict:
-    g = torch.Generator().manual_seed(seed)
-
-    def randn(*s: int) -> torch.Tensor:
-        return torch.randn(*s, generator=g, dtype=F64)
-
-    inp = {
-        "q": F.normalize(randn(B, T, H, D), dim=-1),
-        "k": F.normalize(randn(B, T, H, D), dim=-1),
-        "v": randn(B, T, H, dv),
-        "alpha": torch.sigmoid(randn(B, T, H) + 3.0),
-        "eta": 0.3 * torch.sigmoid(randn(B, T, H)),
-        "gamma": torch.sigmoid(randn(B, T, H)),
-        "theta": torch.sigmoid(randn(B, T, H)),
-    }
-    ws = init_mlp_weights(H, D, dv, kind=kind, depth=depth, expansion=2, dtype=F64, generator=g)
-    ws[-1] = ws[-1] * 10.0  # O(1) output layer, so every layer's gradient matters
-    inp["weights"] = ws
-    return inp
+    return make_inputs(seed, dk=D, dv=dv, kind=kind, depth=depth, t=T)
 
 
 def _flat(x) -> list[torch.Tensor]:
