@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 TINY = """name: tiny
 task: {name: mqar, vocab_size: 64, seq_len: 32, num_kv_pairs: 2, num_train: 300, num_test: 64}
@@ -106,3 +107,54 @@ def test_command_line_errors_name_the_flag(cli, tmp_path):
     assert "--task 'compresion'" in msg and "did you mean 'compression'" in msg
     for bad in ("0", "-5"):
         assert cli("mad", cfg, "--max-train", bad).exit_code == 2
+
+
+def test_sigterm_checkpoints_the_step_and_the_printed_command_resumes_it(tmp_path):
+    """A scheduler's SIGTERM (SLURM preemption) ends `train` after the current step with a
+    checkpoint of it, exit 143 and the command that continues; continuing reaches the
+    numbers of an uninterrupted run (constant lr: the extended length changes nothing)."""
+    import os
+    import shlex
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from atlas_search.train import load_checkpoint
+
+    cfg = tmp_path / "long.yaml"
+    cfg.write_text(TINY.replace("warmup: 2, eval_every: 4",
+                                "warmup: 0, eval_every: 100000, schedule: constant"))
+    run = tmp_path / "run"
+    def cmd(out: Path, steps: int) -> list[str]:
+        return [sys.executable, "-m", "atlas_search.cli", "train", str(cfg), "--out", str(out),
+                "--threads", "1", "--set", f"train.steps={steps}"]
+
+    proc = subprocess.Popen(cmd(run, 1000000), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    try:
+        end = time.time() + 120
+        while not (run / "config.yaml").exists() and time.time() < end:
+            time.sleep(0.05)
+        time.sleep(0.5)  # some steps
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    step = load_checkpoint(run / "checkpoint.pt")["step"]
+    assert step >= 1 and not (run / "final.json").exists()
+    assert f"interrupted by SIGTERM at step {step}:" in err and "Traceback" not in err
+    again = shlex.split(err.split("continue with: ", 1)[1].strip())
+    assert again[:2] == ["atlas-search", "train"] and again[-1] == "--resume"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "atlas_search.cli", *again[1:], "--set",
+                           f"train.steps={step + 3}"], capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    whole = subprocess.run(cmd(tmp_path / "whole", step + 3), capture_output=True, text=True,
+                           timeout=300, env=env)
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    a = json.loads((run / "final.json").read_text())["metrics"]
+    b = json.loads((tmp_path / "whole" / "final.json").read_text())["metrics"]
+    assert (a["loss"], a["train_loss"]) == (b["loss"], b["train_loss"])

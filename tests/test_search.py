@@ -166,6 +166,40 @@ def test_driver_killed_then_rerun_finishes_the_study(tmp_path):
     assert not [t for t in after.trials if t.state == TrialState.RUNNING]
 
 
+def test_sigterm_requeues_running_trials_like_ctrl_c(tmp_path):
+    path = tmp_path / "term.yaml"
+    path.write_text(space_text("term", n=2, steps=100000, pruner="{name: none}"))
+    cmd = [sys.executable, "-m", "atlas_search.cli", "run", str(path), "--inline", "--runs",
+           str(tmp_path)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    journal = tmp_path / "term" / "journal.log"
+
+    def running() -> bool:
+        if not journal.exists():
+            return False
+        try:
+            st = open_study(tmp_path / "term")
+        except (FileNotFoundError, ValueError):
+            return False
+        return any(t.state == TrialState.RUNNING and t.user_attrs.get("driver")
+                   for t in st.get_trials(deepcopy=False))
+
+    try:
+        _wait(running, 120, "a running trial", poll=0.1)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143, out + err
+    assert err.startswith("interrupted (SIGTERM): running trials were re-queued"), err
+    trials = open_study(tmp_path / "term").trials
+    assert not [t for t in trials if t.state == TrialState.RUNNING]
+    failed = [t for t in trials if t.state == TrialState.FAIL]
+    assert failed and all("re-queued" in t.user_attrs["fail_reason"] for t in failed)
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    assert {t.user_attrs["requeued_from"] for t in waiting} == {t.number for t in failed}
+
+
 def test_resuming_with_changed_choices_is_refused(tmp_path):
     first = space_text("changed", n=2, steps=4, pruner="{name: none}")
     Driver(loads(first, "c.yaml"), SearchOptions(runs=tmp_path, executor="inline"),
@@ -337,7 +371,7 @@ def test_interrupt_message_starts_its_own_line(cli, tmp_path, monkeypatch):
     monkeypatch.setattr(Driver, "run", interrupted)
     res = cli("run", path, "--inline", "--runs", tmp_path)
     assert res.exit_code == 130, res.output
-    assert "trial 0 started\ninterrupted: " in res.output
+    assert "trial 0 started\ninterrupted (SIGINT): " in res.output
 
 
 def test_baselines_are_queued_once_per_study(tmp_path, monkeypatch):

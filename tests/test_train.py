@@ -99,6 +99,25 @@ def test_resume_from_checkpoint_reaches_the_same_numbers(tmp_path):
     assert [json.loads(x)["step"] for x in lines] == [4.0, 8.0, 12.0]
 
 
+def test_a_stop_between_evaluations_checkpoints_that_step_and_resumes_exactly(tmp_path):
+    full = train(_cfg(), threads=1, run_dir=tmp_path / "full")
+    part = tmp_path / "part"
+    steps = []
+
+    def stop() -> str | None:  # asked after every step: stop after the 6th
+        steps.append(len(steps) + 1)
+        return "SIGTERM" if len(steps) == 6 else None
+
+    cut = train(_cfg(), threads=1, run_dir=part, stop=stop)
+    assert (cut.status, cut.step) == ("interrupted", 6) and "SIGTERM" in cut.reason
+    state = load_checkpoint(part / "checkpoint.pt")
+    assert state["step"] == 6 and len(state["running"]) == 2  # steps 5 and 6
+    assert not (part / "final.json").exists()
+    resumed = train(_cfg(), threads=1, run_dir=part, resume=True)
+    for key in ("loss", "train_loss", "accuracy"):
+        assert [h[key] for h in resumed.history] == [h[key] for h in full.history], key
+
+
 class _Payload:
     """Pickles as a call of ``os.makedirs``: what loading an untrusted pickle would run."""
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import typer
@@ -60,3 +64,62 @@ def fail(exc: SpecError) -> typer.Exit:
     for issue in exc.issues:
         err.print(issue.render(exc.source), markup=False)
     return typer.Exit(2)
+
+
+@contextlib.contextmanager
+def stop_signals() -> Iterator[Callable[[], str | None]]:
+    """While inside: the first SIGINT or SIGTERM is only noted (the yielded ``stop()``
+    returns its name, for the work to stop at a safe point, e.g. after a checkpoint); a
+    second one acts as usual (KeyboardInterrupt, or termination). Handlers are restored on
+    leaving. Outside the main thread nothing is installed and ``stop()`` stays None."""
+    seen: list[str] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
+        return
+    before = {s: h for s in (signal.SIGINT, signal.SIGTERM)
+              if (h := signal.getsignal(s)) is not signal.SIG_IGN}  # ignored stays ignored
+
+    def note(signum: int, frame: object) -> None:
+        seen.append(signal.Signals(signum).name)
+        signal.signal(signum, before[signum])  # the next one acts as usual
+
+    for s in before:
+        signal.signal(s, note)
+    try:
+        yield lambda: seen[0] if seen else None
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
+
+
+def exit_code(reason: str | None) -> int:
+    """The shell's exit status for a run stopped by a signal named in ``reason``: 128 + its
+    number (130 for SIGINT, 143 for SIGTERM)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        if reason and sig.name in reason:
+            return 128 + sig.value
+    return 130
+
+
+@contextlib.contextmanager
+def term_as_interrupt() -> Iterator[list[str]]:
+    """While inside: SIGTERM (a scheduler's stop, e.g. SLURM preemption) raises
+    KeyboardInterrupt as Ctrl-C does, so the same clean-up runs; the yielded list then
+    holds ``"SIGTERM"``. A second SIGTERM acts as usual. Restored on leaving; nothing is
+    installed outside the main thread or where SIGTERM is ignored."""
+    seen: list[str] = []
+    before = signal.getsignal(signal.SIGTERM)
+    if threading.current_thread() is not threading.main_thread() or before is signal.SIG_IGN:
+        yield seen
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        seen.append("SIGTERM")
+        signal.signal(signal.SIGTERM, before)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield seen
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from ..spec import Space, SpecError, load
 from ..spec.yamlio import json_safe
-from .app import app, bad, err, fail, out, out_folder
+from .app import app, bad, err, exit_code, fail, out, out_folder, term_as_interrupt
 
 RUNS = Path("runs")
 
@@ -102,22 +102,25 @@ def run(
     except ValueError as exc:
         raise bad(str(exc)) from None
     out.print(f"study {space.study.name}: storage {shown_url(driver.url)}", markup=False)
+    signals: list[str] = []
     try:
-        if live:
-            with Live(Group(bar, stats, events), console=out, refresh_per_second=4,
-                      transient=False):
+        with term_as_interrupt() as signals:
+            if live:
+                with Live(Group(bar, stats, events), console=out, refresh_per_second=4,
+                          transient=False):
+                    progress = driver.run()
+                out.print()
+            else:
                 progress = driver.run()
-            out.print()
-        else:
-            progress = driver.run()
     except ClusterError as exc:
         out.file.flush()  # every stdout line is complete (the live display ends its own)
         raise bad(str(exc)) from None
     except KeyboardInterrupt:
         out.file.flush()
-        err.print("interrupted: running trials were re-queued; rerun the same command to "
-                  "continue", markup=False)
-        raise typer.Exit(130) from None
+        by = signals[0] if signals else "SIGINT"
+        err.print(f"interrupted ({by}): running trials were re-queued; rerun the same "
+                  "command to continue", markup=False)
+        raise typer.Exit(exit_code(by)) from None
     if progress.stopped and not progress.stop_error:
         out.print(progress.stopped, markup=False, soft_wrap=True)
     infeasible = (f", infeasible {progress.infeasible} (not counted)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +20,7 @@ from rich.table import Table
 
 from ..spec import Config, SpecError, load_config
 from ..spec.load import Override
-from .app import app, bad, err, fail, not_a_file, out, out_folder
+from .app import app, bad, err, exit_code, fail, not_a_file, out, out_folder, stop_signals
 
 SET_HELP = "override a field: dotted.path=value (YAML value), repeatable"
 EVAL_SETTABLE = ("task.", "train.batch_size", "train.device")
@@ -147,8 +148,9 @@ def train(
             bar.update(job, metric=f"{metric} {metrics[metric]:.4g}")
 
         try:
-            result = run_training(cfg, run_dir=run_dir, threads=threads, report=report,
-                                  progress=progress, resume=resume, task=task)
+            with stop_signals() as stop:
+                result = run_training(cfg, run_dir=run_dir, threads=threads, report=report,
+                                      progress=progress, resume=resume, task=task, stop=stop)
         except CheckpointError as exc:
             raise bad(str(exc)) from None
         except ModelTooLarge as exc:
@@ -156,6 +158,12 @@ def train(
     out.print(_metrics_table(f"{cfg.name or config.stem}: {result.status} at step "
                              f"{result.step}", result.metrics))
     out.print(f"run folder: {run_dir}", markup=False)
+    if result.status == "interrupted":
+        again = shlex.join(["atlas-search", "train", str(run_dir / "config.yaml"), "--out",
+                            str(run_dir), "--resume"])
+        err.print(f"{result.reason}: {run_dir / 'checkpoint.pt'} holds step {result.step}; "
+                  f"continue with: {again}", markup=False)
+        raise typer.Exit(exit_code(result.reason))
     if result.status != "completed":
         err.print(f"diverged: {result.reason}", markup=False)
         raise typer.Exit(1)

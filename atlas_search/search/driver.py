@@ -624,7 +624,7 @@ class Driver:
         except KeyboardInterrupt:
             executor.cancel_all()
             for trial, _, _ in flight.values():
-                self._fail(trial, "interrupted (Ctrl-C); re-queued", final=False)
+                self._fail(trial, "interrupted (Ctrl-C or SIGTERM); re-queued", final=False)
                 attrs = {k: v for k, v in trial.user_attrs.items()
                          if k in ("preset", "enqueued")}
                 self.study.enqueue_trial(trial.params, user_attrs={**attrs,

@@ -41,12 +41,13 @@ RUN_FILES = (CHECKPOINT, "final.json", "metrics.jsonl", "config.yaml")
 
 @dataclass
 class TrainResult:
-    """The outcome of :func:`train`. ``status`` is ``completed`` or ``diverged`` (the
+    """The outcome of :func:`train`. ``status`` is ``completed``, ``diverged`` (the
     training loss, the gradient norm or the main evaluation loss became NaN/inf at
-    ``step``; ``reason`` says which and its value); ``metrics`` holds the last evaluation
-    plus ``params``, ``state_size`` and ``tokens_per_s``."""
+    ``step``; ``reason`` says which and its value) or ``interrupted`` (``stop`` asked for
+    it; the checkpoint holds ``step``); ``metrics`` holds the last evaluation plus
+    ``params``, ``state_size`` and ``tokens_per_s``."""
 
-    status: Literal["completed", "diverged"]
+    status: Literal["completed", "diverged", "interrupted"]
     step: int
     metrics: dict[str, float]
     history: list[dict[str, float]] = field(default_factory=list)
@@ -159,6 +160,7 @@ def train(
     model: nn.Module | None = None,
     task: Task | None = None,
     checkpoint: bool = True,
+    stop: Callable[[], str | None] | None = None,
 ) -> TrainResult:
     """Train ``config`` and evaluate every ``train.eval_every`` steps and at the end.
 
@@ -172,6 +174,11 @@ def train(
     checkpoint to resume) first removes the folder's old run (:func:`clear_run`).
     ``checkpoint=False`` writes everything but the checkpoint (search trials). A task
     setting its generator cannot produce raises ``tasks.base.TaskError``.
+
+    ``stop()`` is asked after every optimizer step; a reason it returns (e.g. ``SIGTERM``)
+    ends the run there as ``interrupted``, after a checkpoint of that step (with the
+    running training-loss window, so a resumed run still reaches the same numbers, its
+    ``train_loss`` included); no ``final.json`` is written.
 
     Evaluations score the task's main eval set (its metric keys unprefixed: ``loss``,
     ``accuracy``, ...); the final one (step ``train.steps``) also scores every other eval
@@ -210,7 +217,7 @@ def train(
     summary = summarize(model, task.train.seq_len)
     opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr,
                             betas=(0.9, 0.95))
-    start, history = 0, []
+    start, history, window = 0, [], []
     ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -220,6 +227,7 @@ def train(
             load_model_state(model, state, "this config")
             load_optimizer_state(opt, state, ckpt_path)
             start, history = state["step"], state["history"]
+            window = [float(v) for v in state.get("running", [])]
         else:
             clear_run(run_dir)
             (run_dir / "metrics.jsonl").write_text("")
@@ -230,8 +238,16 @@ def train(
     n_train = len(task.train)
     tokens = 0
     train_time = 0.0
-    running: list[float] = []
+    running: list[float] = window  # training losses since the last evaluation
     metrics: dict[str, float] = dict(history[-1]) if history else {}
+
+    def save(step: int) -> None:
+        if run_dir is not None and checkpoint:
+            save_checkpoint(ckpt_path, {"model": model.state_dict(),
+                                        "optimizer": opt.state_dict(), "step": step,
+                                        "history": history, "running": running,
+                                        "config": config.model_dump(mode="json")})
+
     model.train()
     for step in range(start, spec.steps):
         t0 = time.perf_counter()
@@ -278,13 +294,14 @@ def train(
             if not math.isfinite(ev["loss"]):  # no checkpoint, no report
                 return _diverged(run_dir, done, {**metrics, **static}, history,
                                  f"evaluation loss became {ev['loss']} at step {done}")
-            if run_dir is not None and checkpoint:
-                save_checkpoint(ckpt_path, {"model": model.state_dict(),
-                                            "optimizer": opt.state_dict(), "step": done,
-                                            "history": history,
-                                            "config": config.model_dump(mode="json")})
+            save(done)
             if report is not None:
                 report(done, metrics)
+        if stop is not None and done < spec.steps and (why := stop()):
+            if done % spec.eval_every:  # else saved just now
+                save(done)
+            return TrainResult("interrupted", done, {**metrics, **static}, history,
+                               f"interrupted by {why} at step {done}", run_dir)
     final = {**metrics, **static}
     result = TrainResult("completed", spec.steps, final, history, None, run_dir)
     _write_final(run_dir, result)
