@@ -5,13 +5,16 @@ and its first :class:`~atlas_search.models.memory_mixer.MemoryMixer` is timed al
 ``x [B, T, d_model]`` (the whole layer: projections, conv, gates, features, op, norms),
 ``loss = mean(layer(x)^2)``, forward + backward, with the op backend switched between
 ``torch`` and ``reference`` (same weights, chunk size 16 unless ``--chunk``). One warm-up run
-per cell (on its first 256 tokens), then the median of ``--repeats`` (a single run when the
-first takes longer than ``--long-s``).
+per cell at its full length, then the median of ``--repeats`` (a single run when the
+warm-up takes longer than ``--long-s``).
 A cell is skipped, and printed as such, when ``T > --max-ref-T`` (reference) or when its
 estimated time (the previous T's time scaled linearly) exceeds ``--max-cell-s``.
 
 Printed: tokens/s per backend, speed-up torch/reference, and per backend the time ratio
-``T=4096 / T=1024`` (about 4 for linear scaling). Ratios are measured side by side in one run;
+``T=4096 / T=1024`` (about 4 for linear scaling). With the ``titans`` preset, titans-pytorch's
+``NeuralMemory`` is timed on the same shapes too, in two settings (:mod:`.titans_peer`),
+with our torch backend's speed-up over each (``--no-peer`` skips it; without the package
+the rows are skipped with the reason). Ratios are measured side by side in one run;
 the machine's load still moves them.
 """
 
@@ -31,11 +34,12 @@ from ..models import build_model
 from ..models.memory_mixer import MemoryMixer
 from ..spec import load
 from ..spec.presets import preset_names, presets_dir
+from . import titans_peer
 from .cli_args import check_out, dedupe, nonneg_float, nonneg_int, positive_float, positive_int
 
 BACKENDS = ("torch", "reference")
-WARMUP_T = 256
-"""Warm-up length: a first call's one-time costs do not depend on T."""
+PEER_PRESET = "titans"
+"""The preset timed against titans-pytorch's NeuralMemory (:mod:`.titans_peer`)."""
 
 
 @dataclass
@@ -76,16 +80,16 @@ def fwd_bwd(layer: nn.Module, x: torch.Tensor) -> float:
     return time.perf_counter() - t0
 
 
-def time_cell(
-    layer: nn.Module, x: torch.Tensor, repeats: int, long_s: float, warmup_t: int
-) -> float:
-    """One warm-up on the first ``warmup_t`` tokens, then the median of ``repeats`` timed runs
-    (a single run when the first takes longer than ``long_s``)."""
-    fwd_bwd(layer, x[:, :warmup_t])
-    first = fwd_bwd(layer, x)
-    if first > long_s or repeats <= 1:
-        return first
-    return statistics.median([first] + [fwd_bwd(layer, x) for _ in range(repeats - 1)])
+def time_cell(layer: nn.Module, x: torch.Tensor, repeats: int, long_s: float) -> float:
+    """One untimed warm-up on the whole ``x``, then the median of ``repeats`` timed runs (a
+    single one when the warm-up took longer than ``long_s``). The warm-up is at full length:
+    a first call at a new size pays the allocator's fresh pages (glibc maps large blocks
+    anew until its threshold adapts), measured at 1.9x the steady time for atlas at
+    T = 4096."""
+    warm = fwd_bwd(layer, x)
+    if warm > long_s or repeats <= 1:
+        return fwd_bwd(layer, x)
+    return statistics.median(fwd_bwd(layer, x) for _ in range(repeats))
 
 
 def bench_preset(
@@ -99,37 +103,64 @@ def bench_preset(
     max_cell_s: float,
     long_s: float,
     seed: int = 0,
+    peer: bool = False,
 ) -> list[Cell]:
-    """All cells of one preset, both backends, increasing T."""
+    """All cells of one preset, both backends, increasing T; with ``peer`` also
+    titans-pytorch's NeuralMemory at the layer's sizes (:mod:`.titans_peer`), both of its
+    settings, as backends named by :func:`titans_peer.label`."""
     torch.manual_seed(seed)
     layer = memory_layer(preset, chunk)
     cells: list[Cell] = []
     for backend in BACKENDS:
         set_backend(layer, backend)
-        prev: tuple[int, float] | None = None
-        for t in sorted(ts):
-            if backend == "reference" and t > max_ref_t:
-                cells.append(
-                    Cell(preset, backend, t, batch, None, f"skipped (T > --max-ref-T {max_ref_t})")
-                )
+        limit = max_ref_t if backend == "reference" else None
+        cells += _series(preset, backend, layer, ts, batch=batch, repeats=repeats,
+                         max_cell_s=max_cell_s, long_s=long_s, limit=limit)
+    if peer:
+        sizes = (layer.d_model, layer.n_heads, layer.head_dim, layer.mem.depth,
+                 layer.mem.expansion, chunk)
+        for setting in titans_peer.SETTINGS:
+            torch.manual_seed(seed)
+            other = titans_peer.peer_layer(*sizes, setting)
+            cells += _series(preset, titans_peer.label(setting, chunk), other, ts,
+                             batch=batch, repeats=repeats, max_cell_s=max_cell_s,
+                             long_s=long_s)
+    return cells
+
+
+def _series(preset: str, backend: str, layer: nn.Module, ts: Sequence[int], *, batch: int,
+            repeats: int, max_cell_s: float, long_s: float, limit: int | None = None
+            ) -> list[Cell]:
+    """One row of cells over increasing T: skipped beyond ``limit`` (``--max-ref-T``) or
+    when the previous T's time, scaled linearly, exceeds ``max_cell_s``."""
+    cells: list[Cell] = []
+    prev: tuple[int, float] | None = None
+    for t in sorted(ts):
+        if limit is not None and t > limit:
+            cells.append(Cell(preset, backend, t, batch, None,
+                              f"skipped (T > --max-ref-T {limit})"))
+            continue
+        if prev is not None:
+            est = prev[1] * t / prev[0]  # one timed run, linear scaling
+            if est > max_cell_s:
+                cells.append(Cell(preset, backend, t, batch, None,
+                                  f"skipped (est. {est:.0f}s > --max-cell-s {max_cell_s:g})"))
                 continue
-            if prev is not None:
-                est = prev[1] * t / prev[0]  # one timed run, linear scaling
-                if est > max_cell_s:
-                    cells.append(Cell(preset, backend, t, batch, None,
-                                      f"skipped (est. {est:.0f}s > --max-cell-s {max_cell_s:g})"))
-                    continue
-            x = torch.randn(batch, t, layer.d_model)
-            sec = time_cell(layer, x, repeats, long_s, min(t, WARMUP_T))
-            prev = (t, sec)
-            cells.append(Cell(preset, backend, t, batch, sec))
-            print(f"  {preset:9s} {backend:9s} T={t:5d}  {sec:8.3f}s  "
-                  f"{t * batch / sec:10.0f} tok/s", flush=True)
+        x = torch.randn(batch, t, layer.d_model)
+        sec = time_cell(layer, x, repeats, long_s)
+        prev = (t, sec)
+        cells.append(Cell(preset, backend, t, batch, sec))
+        print(f"  {preset:9s} {backend:22s} T={t:5d}  {sec:8.3f}s  "
+              f"{t * batch / sec:10.0f} tok/s", flush=True)
     return cells
 
 
 def _f(x: float | None, spec: str) -> str:
     return "skipped" if x is None else format(x, spec)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
 
 
 def format_table(cells: list[Cell], ts: Sequence[int], header: str) -> str:
@@ -159,6 +190,22 @@ def format_table(cells: list[Cell], ts: Sequence[int], header: str) -> str:
                 r = a / c if a and c else None
                 parts.append(f"{b} {_f(r, '.2f')}")
             lines.append(f"  {p:9s} " + ", ".join(parts))
+    peers = list(dict.fromkeys(c.backend for c in cells if c.backend not in BACKENDS))
+    for p in dict.fromkeys(c.preset for c in cells if c.backend in peers):
+        lines += ["", f"peer: titans-pytorch NeuralMemory at the {p} layer's sizes "
+                  "(bench/titans_peer.py); speed-up = peer time / our torch time",
+                  f"{'T':>5s} {'tok/s torch':>12s} "
+                  + " ".join(f"{'tok/s ' + b.removeprefix('titans-pytorch '):>14s}"
+                             for b in peers)
+                  + " " + " ".join(f"{'x vs ' + b.removeprefix('titans-pytorch '):>12s}"
+                                   for b in peers)]
+        for t in ts:
+            ours = by[(p, "torch", t)]
+            row = [f"{t:5d} {_f(ours.tokens_per_s, '.0f'):>12s}"]
+            row += [f"{_f(by[(p, b, t)].tokens_per_s, '.0f'):>14s}" for b in peers]
+            row += [f"{_f(_ratio(by[(p, b, t)].seconds, ours.seconds), '.2f'):>12s}"
+                    for b in peers]
+            lines.append(" ".join(row))
     notes = [f"  {c.preset} {c.backend} T={c.t}: {c.note}" for c in cells if c.note]
     if notes:
         lines += ["", "skipped cells:", *notes]
@@ -180,6 +227,8 @@ def main(argv: Sequence[str] | None = None) -> str:
                     help="skip a cell whose estimated time exceeds this")
     ap.add_argument("--long-s", type=nonneg_float, default=10.0,
                     help="one timed run instead of --repeats when the warm-up takes longer")
+    ap.add_argument("--no-peer", dest="peer", action="store_false",
+                    help="skip titans-pytorch's NeuralMemory (timed with the titans preset)")
     ap.add_argument("--out", type=Path, default=Path("/tmp/bench/ops_speed.txt"))
     args = ap.parse_args(argv)
     args.presets, args.ts = dedupe(args.presets), dedupe(args.ts)
@@ -199,9 +248,14 @@ def main(argv: Sequence[str] | None = None) -> str:
     header = (
         f"ops_speed: CPU fp32, torch {torch.__version__}, torch.set_num_threads("
         f"{torch.get_num_threads()}), B={args.batch}, chunk={args.chunk}, fwd+bwd of one "
-        f"memory layer, median of {args.repeats} after a warm-up (1 run when > {args.long_s:g}s)"
+        f"memory layer, median of {args.repeats} after a full-length warm-up (1 run when it took "
+        f"> {args.long_s:g}s)"
     )
     print(header, flush=True)
+    peer_note = None
+    if args.peer and PEER_PRESET in layers and (why := titans_peer.missing()) is not None:
+        peer_note = f"peer rows skipped: {why}"
+        print(peer_note, flush=True)
     t0 = time.perf_counter()
     cells: list[Cell] = []
     for p, layer in layers.items():
@@ -210,8 +264,11 @@ def main(argv: Sequence[str] | None = None) -> str:
         cells += bench_preset(
             p, args.ts, batch=args.batch, chunk=args.chunk, repeats=args.repeats,
             max_ref_t=args.max_ref_t, max_cell_s=args.max_cell_s, long_s=args.long_s,
+            peer=args.peer and p == PEER_PRESET and peer_note is None,
         )
     table = format_table(cells, args.ts, header)
+    if peer_note:
+        table += f"\n\n{peer_note}"
     table += f"\n\ntotal wall time {time.perf_counter() - t0:.0f}s"
     print()
     print(table)
