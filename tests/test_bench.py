@@ -439,6 +439,7 @@ def _no_interpret_env() -> dict:
     return {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 
 
+@pytest.mark.timeout(1200)  # above the 600 s default: its own subprocess limits
 def test_kernels_compile_for_sm90_without_a_gpu(tmp_path):
     """Compiled mode, which the interpreter tests cannot see (a ``tl.dot`` block under 16, a
     dtype clash, too much shared memory): Triton's compiler and the wheel's ``ptxas`` build

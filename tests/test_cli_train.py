@@ -146,7 +146,7 @@ def test_sigterm_checkpoints_the_step_and_the_printed_command_resumes_it(tmp_pat
     assert step >= 1 and not (run / "final.json").exists()
     assert f"interrupted by SIGTERM at step {step}:" in err and "Traceback" not in err
     again = shlex.split(err.split("continue with: ", 1)[1].strip())
-    assert again[:2] == ["atlas-search", "train"] and again[-1] == "--resume"
+    assert again[:2] == ["atlas-search", "train"] and again[-3:] == ["--resume", "--threads", "1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, "-m", "atlas_search.cli", *again[1:], "--set",
                            f"train.steps={step + 3}"], capture_output=True, text=True,

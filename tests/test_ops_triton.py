@@ -434,6 +434,7 @@ def test_nan_fill_and_no_grad():
 
 
 @pytest.mark.skipif(not CUDA or INTERP, reason="only on CUDA machines (compiled mode)")
+@pytest.mark.timeout(1500)  # above the 600 s default: its own subprocess limits
 def test_cpu_params_in_interpreter_subprocess():
     """The CPU params need an interpreter-mode process: run them there."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}

@@ -130,6 +130,7 @@ def postgres():
         shutil.rmtree(data, ignore_errors=True)
 
 
+@pytest.mark.timeout(2400)  # above the 600 s default: its own subprocess limits
 def test_two_drivers_share_one_study_in_postgres(postgres, tmp_path):
     path = tmp_path / "pg.yaml"
     path.write_text(space_text("shared", n=8, steps=24, pruner="{name: none}"))

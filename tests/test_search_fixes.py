@@ -75,7 +75,7 @@ def fake_trials(monkeypatch: pytest.MonkeyPatch) -> Callable[..., list[Any]]:
     def install(make: Callable[[Any], dict[str, Any]] | None = None) -> list[Any]:
         jobs: list[Any] = []
 
-        def run(job: Any) -> dict[str, Any]:
+        def run(job: Any, stop: Any = None) -> dict[str, Any]:
             jobs.append(job)
             return make(job) if make else outcome([float(job.number + 1)])
 

@@ -84,8 +84,7 @@ def time_cell(layer: nn.Module, x: torch.Tensor, repeats: int, long_s: float) ->
     """One untimed warm-up on the whole ``x``, then the median of ``repeats`` timed runs (a
     single one when the warm-up took longer than ``long_s``). The warm-up is at full length:
     a first call at a new size pays the allocator's fresh pages (glibc maps large blocks
-    anew until its threshold adapts), measured at 1.9x the steady time for atlas at
-    T = 4096."""
+    anew until its threshold adapts): about 2x the steady time for atlas at T = 4096."""
     warm = fwd_bwd(layer, x)
     if warm > long_s or repeats <= 1:
         return fwd_bwd(layer, x)
@@ -174,7 +173,7 @@ def format_table(cells: list[Cell], ts: Sequence[int], header: str) -> str:
     for p in presets:
         for t in ts:
             ct, cr = by[(p, "torch", t)], by[(p, "reference", t)]
-            sp = (cr.seconds / ct.seconds) if ct.seconds and cr.seconds else None
+            sp = _ratio(cr.seconds, ct.seconds)
             lines.append(
                 f"{p:9s} {t:5d} {_f(ct.tokens_per_s, '.0f'):>12s} "
                 f"{_f(cr.tokens_per_s, '.0f'):>12s} {_f(sp, '.2f'):>10s}   "
@@ -186,8 +185,7 @@ def format_table(cells: list[Cell], ts: Sequence[int], header: str) -> str:
         for p in presets:
             parts = []
             for b in BACKENDS:
-                a, c = by[(p, b, hi)].seconds, by[(p, b, lo)].seconds
-                r = a / c if a and c else None
+                r = _ratio(by[(p, b, hi)].seconds, by[(p, b, lo)].seconds)
                 parts.append(f"{b} {_f(r, '.2f')}")
             lines.append(f"  {p:9s} " + ", ".join(parts))
     peers = list(dict.fromkeys(c.backend for c in cells if c.backend not in BACKENDS))

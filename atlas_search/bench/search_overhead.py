@@ -61,7 +61,7 @@ def run(n: int, steps: int) -> dict[str, float]:
     configs: list[Config] = []
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
                  configure_logging=False, object_store_memory=128 * 1024 * 1024)
         out["ray_start_s"] = time.perf_counter() - t0
         try:

@@ -14,7 +14,8 @@ chunk. Two settings are timed, since titans-pytorch's default is a cheaper algor
   our recurrence, and cheaper.
 
 The maths also differs in detail (per-chunk adaptive rates, its own projections and
-norms), so these are rates of comparable layers, not of one equation. The package is an
+norms, one weight set reading a chunk's queries where ours reads each token after its own
+write), so these are rates of comparable layers, not of one equation. The package is an
 optional peer (extra ``peers``); without it the rows are skipped with that reason.
 """
 

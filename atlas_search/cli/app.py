@@ -70,8 +70,9 @@ def fail(exc: SpecError) -> typer.Exit:
 def stop_signals() -> Iterator[Callable[[], str | None]]:
     """While inside: the first SIGINT or SIGTERM is only noted (the yielded ``stop()``
     returns its name, for the work to stop at a safe point, e.g. after a checkpoint); a
-    second one acts as usual (KeyboardInterrupt, or termination). Handlers are restored on
-    leaving. Outside the main thread nothing is installed and ``stop()`` stays None."""
+    second one, of either kind, acts as usual (KeyboardInterrupt, or termination).
+    Handlers are restored on leaving. Outside the main thread nothing is installed and
+    ``stop()`` stays None."""
     seen: list[str] = []
     if threading.current_thread() is not threading.main_thread():
         yield lambda: None
@@ -81,7 +82,8 @@ def stop_signals() -> Iterator[Callable[[], str | None]]:
 
     def note(signum: int, frame: object) -> None:
         seen.append(signal.Signals(signum).name)
-        signal.signal(signum, before[signum])  # the next one acts as usual
+        for s, handler in before.items():  # the next one, of either kind, acts as usual
+            signal.signal(s, handler)
 
     for s in before:
         signal.signal(s, note)
@@ -100,26 +102,3 @@ def exit_code(reason: str | None) -> int:
             return 128 + sig.value
     return 130
 
-
-@contextlib.contextmanager
-def term_as_interrupt() -> Iterator[list[str]]:
-    """While inside: SIGTERM (a scheduler's stop, e.g. SLURM preemption) raises
-    KeyboardInterrupt as Ctrl-C does, so the same clean-up runs; the yielded list then
-    holds ``"SIGTERM"``. A second SIGTERM acts as usual. Restored on leaving; nothing is
-    installed outside the main thread or where SIGTERM is ignored."""
-    seen: list[str] = []
-    before = signal.getsignal(signal.SIGTERM)
-    if threading.current_thread() is not threading.main_thread() or before is signal.SIG_IGN:
-        yield seen
-        return
-
-    def interrupt(signum: int, frame: object) -> None:
-        seen.append("SIGTERM")
-        signal.signal(signal.SIGTERM, before)
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield seen
-    finally:
-        signal.signal(signal.SIGTERM, before)

@@ -6,6 +6,7 @@ import json
 import math
 import shlex
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -18,7 +19,7 @@ from rich.text import Text
 
 from ..spec import Space, SpecError, load
 from ..spec.yamlio import json_safe
-from .app import app, bad, err, exit_code, fail, out, out_folder, term_as_interrupt
+from .app import app, bad, err, exit_code, fail, out, out_folder, stop_signals
 
 RUNS = Path("runs")
 
@@ -102,22 +103,22 @@ def run(
     except ValueError as exc:
         raise bad(str(exc)) from None
     out.print(f"study {space.study.name}: storage {shown_url(driver.url)}", markup=False)
-    signals: list[str] = []
+    stop: Callable[[], str | None] = lambda: None  # noqa: E731
     try:
-        with term_as_interrupt() as signals:
+        with stop_signals() as stop:  # the first SIGINT/SIGTERM: stop at a safe point
             if live:
                 with Live(Group(bar, stats, events), console=out, refresh_per_second=4,
                           transient=False):
-                    progress = driver.run()
+                    progress = driver.run(stop)
                 out.print()
             else:
-                progress = driver.run()
+                progress = driver.run(stop)
     except ClusterError as exc:
         out.file.flush()  # every stdout line is complete (the live display ends its own)
         raise bad(str(exc)) from None
     except KeyboardInterrupt:
         out.file.flush()
-        by = signals[0] if signals else "SIGINT"
+        by = stop() or "SIGINT"
         err.print(f"interrupted ({by}): running trials were re-queued; rerun the same "
                   "command to continue", markup=False)
         raise typer.Exit(exit_code(by)) from None

@@ -160,7 +160,8 @@ def train(
     out.print(f"run folder: {run_dir}", markup=False)
     if result.status == "interrupted":
         again = shlex.join(["atlas-search", "train", str(run_dir / "config.yaml"), "--out",
-                            str(run_dir), "--resume"])
+                            str(run_dir), "--resume"]
+                           + (["--threads", str(threads)] if threads is not None else []))
         err.print(f"{result.reason}: {run_dir / 'checkpoint.pt'} holds step {result.step}; "
                   f"continue with: {again}", markup=False)
         raise typer.Exit(exit_code(result.reason))

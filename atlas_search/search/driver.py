@@ -557,15 +557,22 @@ class Driver:
         except (AttributeError, KeyError, TypeError):
             return False  # another Optuna: the sampler decides
 
-    def run(self) -> Progress:
+    def run(self, stop: Callable[[], str | None] | None = None) -> Progress:
         """Run until ``n_trials`` trials are finished (or the timeout: ``--timeout`` if
         given, else the spec's); returns the counts. A grid or brute-force space whose every
         point was tried ends the run early, as do ``MAX_INFEASIBLE_IN_A_ROW`` infeasible
-        draws in a row (``Progress.stopped`` says why). Ctrl-C cancels running trials and
-        re-queues them for the next run. Raises ClusterError (before touching the study)
-        when Ray cannot start or join."""
+        draws in a row (``Progress.stopped`` says why). Ctrl-C (KeyboardInterrupt) cancels
+        running trials, re-queues them for the next run and re-raises. ``stop()`` (e.g. a
+        noted SIGTERM) does the same at the loop's next safe point, within a second (an
+        inline trial stops after its current step): never inside a storage write. Raises
+        ClusterError (before touching the study) when Ray cannot start or join."""
+
+        def check() -> None:
+            if stop is not None and stop():
+                raise KeyboardInterrupt
+
         try:
-            executor = (InlineExecutor() if self.opts.executor == "inline"
+            executor = (InlineExecutor(stop) if self.opts.executor == "inline"
                         else RayExecutor(self.opts.address, self.opts.object_store_mb))
         except BaseException:
             self._retire()
@@ -587,8 +594,10 @@ class Driver:
             self._update()
             in_a_row = 0
             while True:
+                check()
                 open_slots = self.n_trials - len(finished_trials(self.study)) - len(flight)
                 while open_slots > 0 and len(flight) < self.parallel and self._may_ask(deadline):
+                    check()
                     trial = self.study.ask()
                     job = self._prepare(trial)
                     if job == "infeasible":

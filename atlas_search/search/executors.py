@@ -6,7 +6,10 @@ exception)]``, ``cancel_all()`` and ``shutdown()``."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from .worker import TrialJob, run_trial
@@ -49,11 +52,14 @@ def check_address(address: str | None, timeout: float = 5.0) -> None:
 
 
 class InlineExecutor:
-    """Runs each trial in the driver process when ``wait`` is called (one at a time)."""
+    """Runs each trial in the driver process when ``wait`` is called (one at a time);
+    ``stop()`` (the driver's) ends a running trial after its current step, raising
+    KeyboardInterrupt from ``wait``."""
 
-    def __init__(self) -> None:
+    def __init__(self, stop: Callable[[], str | None] | None = None) -> None:
         self._queue: list[tuple[int, TrialJob]] = []
         self._next = 0
+        self._stop = stop
 
     def submit(self, job: TrialJob, cpu: float, gpu: float) -> int:
         self._next += 1
@@ -64,7 +70,7 @@ class InlineExecutor:
         if not self._queue:
             return []
         handle, job = self._queue.pop(0)
-        return [(handle, run_trial(job))]
+        return [(handle, run_trial(job, stop=self._stop))]
 
     def node_of(self, handle: Any) -> str:
         return "inline"
@@ -92,6 +98,10 @@ class RayExecutor:
             if address is None:
                 kwargs["object_store_memory"] = object_store_mb * 1024 * 1024
             check_address(address)
+            # ray.init installs its own SIGTERM handler (sys.exit): keep the caller's, so
+            # that a scheduler's SIGTERM still re-queues the running trials
+            keep = (signal.getsignal(signal.SIGTERM)
+                    if threading.current_thread() is threading.main_thread() else None)
             try:  # no address: a new local Ray ("local"), not one found through RAY_ADDRESS
                 # or a running `ray start` cluster (that is --address auto)
                 ray.init(address=address or "local", **kwargs)
@@ -100,6 +110,9 @@ class RayExecutor:
                 where = f"Ray cluster {address!r}" if address else "local Ray"
                 raise ClusterError(f"{where}: {lines[0] if lines else type(exc).__name__}"
                                    ) from exc
+            finally:
+                if keep is not None:
+                    signal.signal(signal.SIGTERM, keep)
             self.started = True
         self._remote = ray.remote(_ray_trial)
         self._pending: dict[Any, TrialJob] = {}

@@ -8,6 +8,7 @@ import os
 import socket
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,9 +57,11 @@ def _pruner(spec: dict[str, Any], max_steps: int | None):  # noqa: ANN202
     return make_pruner(TypeAdapter(PrunerSpec).validate_python(spec), max_steps)
 
 
-def run_trial(job: TrialJob) -> dict[str, Any]:
+def run_trial(job: TrialJob, stop: Callable[[], str | None] | None = None) -> dict[str, Any]:
     """Train the job's config, reporting the first objective to Optuna at each
-    evaluation (single-objective studies) and stopping when the pruner says so."""
+    evaluation (single-objective studies) and stopping when the pruner says so. ``stop``
+    (inline trials: the driver's) ends training after the current step and raises
+    KeyboardInterrupt, for the driver to re-queue the trial."""
     import optuna
 
     from ..tasks.base import TaskError
@@ -95,9 +98,11 @@ def run_trial(job: TrialJob) -> dict[str, Any]:
         try:
             result = train(config, threads=job.threads, report=report,
                            run_dir=Path(job.run_dir) if job.run_dir else None,
-                           checkpoint=False)
+                           checkpoint=False, stop=stop)
         except optuna.TrialPruned as exc:
             out.state, out.step, out.reason = "pruned", last["step"], str(exc)
+        if result is not None and result.status == "interrupted":
+            raise KeyboardInterrupt(result.reason)
         if result is not None:
             out.metrics, out.step = result.metrics, result.step
             if result.status == "diverged":
