@@ -87,6 +87,21 @@ def test_samplers_that_list_values_refuse_a_huge_space(sampler, where, monkeypat
     assert "100,000,000" in issue.message and f"{MAX_GRID:,}" in issue.message
 
 
+def test_validate_generates_a_concrete_tasks_data_and_refuses_too_few_sequences(cli, tmp_path):
+    few = tmp_path / "few.yaml"
+    few.write_text("task: {name: mqar, vocab_size: 8, seq_len: 4, num_kv_pairs: 1, "
+                   "num_train: 500, num_test: 50}\n")
+    fine = tmp_path / "fine.yaml"
+    fine.write_text("task: {name: mqar, vocab_size: 8, seq_len: 8, num_kv_pairs: 1, "
+                    "num_train: 500, num_test: 50}\n")
+    res = cli("validate", few, fine)
+    assert res.exit_code == 2, res.output
+    assert res.stderr.strip() == (f"error: {few}: task: mqar: every test sequence also occurs "
+                                  "in the training set (num_train 500); the setting has too "
+                                  "few distinct sequences")
+    assert f"ok {fine}:" in res.stdout and f"ok {few}" not in res.stdout
+
+
 def test_validate_prints_a_huge_space(cli, tmp_path):
     path = _write(tmp_path, SPACE.replace(
         "steps: 2", "steps: {int: [1, 9007199254740992]}"))
