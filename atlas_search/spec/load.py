@@ -6,14 +6,11 @@ from __future__ import annotations
 import copy
 import math
 import re
-import types
-import typing
 from pathlib import Path as FsPath
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from .base import unannotated
 from .config import Config
 from .distributions import DIST_KEYS, Fixed, FloatRange, IntRange, dist_class, looks_like_dist
 from .errors import Issue, Path, SpecError, allowed_hint, did_you_mean, dotted
@@ -29,7 +26,7 @@ from .introspect import (
 from .presets import deep_merge, preset_model, preset_names
 from .space import Dimension, Space, resolve_when
 from .study import StudySpec
-from .yamlio import KINDS, Document, kind_of, parse_text, read_document
+from .yamlio import Document, kind_of, parse_text, read_document
 
 TOP_KEYS = ("name", "model", "task", "train", "study")
 
@@ -511,33 +508,6 @@ def _clean_loc(loc: tuple, root: type[BaseModel], raw: Any) -> tuple[Path, type[
     return tuple(out), cls
 
 
-def _merge_scalar_unions(errors: list[dict], root: type[BaseModel], raw: Any) -> list[dict]:
-    """One error per value of a union of plain types (``int | Literal['auto']``), where
-    pydantic reports one per member (at ``max_resource.int``, ``max_resource.literal[...]``),
-    with what the union takes: ``expected an integer or 'auto'``."""
-    out: list[dict] = []
-    merged: set[tuple] = set()
-    for err in errors:
-        loc = tuple(err["loc"])
-        _, cls = _clean_loc(loc[:-2], root, raw) if len(loc) >= 2 else (None, None)
-        field = cls.model_fields.get(loc[-2]) if cls is not None and isinstance(
-            loc[-2], str) else None
-        parts = _scalar_union_parts(field.annotation) if field is not None else None
-        if parts is None:
-            out.append(err)
-            continue
-        if loc[:-1] not in merged:
-            merged.add(loc[:-1])
-            bound = [e for e in errors if tuple(e["loc"])[:-1] == loc[:-1]
-                     and e["type"] in _BOUND_ERRORS]
-            if bound:  # the right type, out of a member's bounds: say that alone
-                out.append({**bound[0], "loc": loc[:-1]})
-                continue
-            out.append({"type": "scalar_union", "loc": loc[:-1], "input": err.get("input"),
-                        "msg": err["msg"], "expected": " or ".join(parts)})
-    return out
-
-
 _TAG = re.compile(r"(bool|int|float|str|none|constrained-\w+|literal\[.*\]|"
                   r"(list|dict|tuple|set|nullable)\[.*\])")
 _TAG_PHRASES = {"bool": "a boolean", "int": "an integer", "float": "a number", "str": "text",
@@ -549,8 +519,9 @@ def _merge_member_tags(errors: list[dict]) -> list[dict]:
     """One ``scalar_union`` error where pydantic gives one per member of a union it names
     by tag (``value.bool``, ``value.int``, ... or ``enqueue[0].str``,
     ``enqueue[0].dict[str,any]``) and every member refused the value's type: ``expected a
-    boolean, an integer, a number or text``. Groups with another kind of error (a bound)
-    are left as they are."""
+    boolean, an integer, a number or text``. Groups with another kind of error are left as
+    they are; a group where a member of the right type broke its bound
+    (``constrained-int``: ``max_resource: 0``) gives that bound error alone."""
     errors = _into_matched_containers(errors)
     groups: dict[tuple, list[dict]] = {}
     for err in errors:
@@ -561,12 +532,19 @@ def _merge_member_tags(errors: list[dict]) -> list[dict]:
     for err in errors:
         loc = tuple(err["loc"])
         group = groups.get(loc[:-1]) if loc else None
-        if (group is None or len(group) < 2 or err not in group
-                or any(e["type"] not in _EXPECTED and e["type"] not in ("dict_type",
-                       "literal_error") for e in group)):
+        if group is None or len(group) < 2 or err not in group:
             out.append(err)
             continue
         if loc[:-1] in done:
+            continue
+        bound = [e for e in group if e["type"] in _BOUND_ERRORS]
+        if bound:  # the right type, out of a member's bounds (max_resource: 0): that alone
+            done.add(loc[:-1])
+            out.append({**bound[0], "loc": loc[:-1]})
+            continue
+        if any(e["type"] not in _EXPECTED and e["type"] not in ("dict_type", "literal_error")
+               for e in group):
+            out.append(err)
             continue
         done.add(loc[:-1])
         phrases: list[str] = []
@@ -614,26 +592,11 @@ _BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_e
                  "multiple_of"}
 
 
-def _scalar_union_parts(ann: Any) -> list[str] | None:
-    """What each member of a union of plain types takes (None for anything else)."""
-    if typing.get_origin(ann) not in (typing.Union, types.UnionType) or union_members(ann):
-        return None
-    parts: list[str] = []
-    for member in map(unannotated, typing.get_args(ann)):  # a bounded int is still an int
-        if member in KINDS and member not in (dict, list):
-            parts.append(KINDS[member])
-        elif (values := literal_values(member)) is not None:
-            parts += [repr(v) for v in values]
-        else:
-            return None
-    return parts if len(parts) > 1 else None
-
-
 def _map_errors(
     exc: ValidationError, prefix: Path, root: type[BaseModel], raw: Any, doc: Document
 ) -> list[Issue]:
     issues = []
-    for err in _merge_member_tags(_merge_scalar_unions(exc.errors(), root, raw)):
+    for err in _merge_member_tags(exc.errors()):
         loc, _ = _clean_loc(tuple(err["loc"]), root, raw)
         parent_loc, parent_cls = _clean_loc(tuple(err["loc"])[:-1], root, raw)
         path = prefix + loc
