@@ -394,11 +394,16 @@ class Driver:
                 t._trial_id, "fail_reason", "left RUNNING by a driver that stopped; re-queued")
             self.storage.set_trial_user_attr(t._trial_id, FINAL, False)
             self._tell(t.number, state=TrialState.FAIL)
-            attrs = {k: v for k, v in t.user_attrs.items() if k in ("preset", "enqueued")}
-            attrs["requeued_from"] = t.number
-            self.study.enqueue_trial(t.params, user_attrs=attrs)
+            self._enqueue_again(t)
             requeued.append(t.number)
         return requeued
+
+    def _enqueue_again(self, trial: optuna.Trial | optuna.trial.FrozenTrial) -> None:
+        """Queue ``trial``'s parameters anew (it was failed as not final), keeping its
+        baseline tags and naming it in ``requeued_from``."""
+        attrs = {k: v for k, v in trial.user_attrs.items() if k in ("preset", "enqueued")}
+        self.study.enqueue_trial(trial.params,
+                                 user_attrs={**attrs, "requeued_from": trial.number})
 
     def _tell(self, trial: optuna.Trial | int, values: list[float] | None = None,
               state: TrialState | None = None) -> None:
@@ -634,10 +639,7 @@ class Driver:
             executor.cancel_all()
             for trial, _, _ in flight.values():
                 self._fail(trial, "interrupted (Ctrl-C or SIGTERM); re-queued", final=False)
-                attrs = {k: v for k, v in trial.user_attrs.items()
-                         if k in ("preset", "enqueued")}
-                self.study.enqueue_trial(trial.params, user_attrs={**attrs,
-                                                                   "requeued_from": trial.number})
+                self._enqueue_again(trial)
             raise
         finally:
             stop_beating.set()
