@@ -217,7 +217,8 @@ def train(
     summary = summarize(model, task.train.seq_len)
     opt = torch.optim.AdamW(param_groups(model, spec.weight_decay), lr=spec.lr,
                             betas=(0.9, 0.95))
-    start, history, window = 0, [], []
+    start, history = 0, []
+    running: list[float] = []  # training losses since the last evaluation
     ckpt_path = run_dir / CHECKPOINT if run_dir is not None else None
     if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -227,7 +228,7 @@ def train(
             load_model_state(model, state, "this config")
             load_optimizer_state(opt, state, ckpt_path)
             start, history = state["step"], state["history"]
-            window = [float(v) for v in state.get("running", [])]
+            running = [float(v) for v in state.get("running", [])]
         else:
             clear_run(run_dir)
             (run_dir / "metrics.jsonl").write_text("")
@@ -238,7 +239,6 @@ def train(
     n_train = len(task.train)
     tokens = 0
     train_time = 0.0
-    running: list[float] = window  # training losses since the last evaluation
     metrics: dict[str, float] = dict(history[-1]) if history else {}
 
     def save(step: int) -> None:
