@@ -10,14 +10,13 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, BeforeValidator, ConfigDict, TypeAdapter
 from pydantic.fields import FieldInfo
 
-from .base import relax
+from .base import relax, unannotated
 from .errors import Path
 
 
 def _strip(ann: Any) -> Any:
     """Remove ``Annotated``/``Optional`` wrappers around a single type."""
-    while typing.get_origin(ann) is Annotated:
-        ann = typing.get_args(ann)[0]
+    ann = unannotated(ann)
     if typing.get_origin(ann) in (Union, types.UnionType):
         args = [a for a in typing.get_args(ann) if a is not type(None)]
         if len(args) == 1:
